@@ -1,0 +1,424 @@
+"""Typed, frozen configuration for every avray job.
+
+One YAML file (``workflows/configs/*.yaml``) maps onto :class:`Config`; ``--set a.b=c``
+overrides any leaf. Everything is validated when the config is built, so a bad value
+fails before Ray starts or a single video is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message says which key and what is expected."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How videos become clips (the clip-row contract of DESIGN.md)."""
+
+    clip_seconds: float = 2.0
+    fps: float = 8.0
+    frame_size: int = 64
+    sample_rate: int = 16_000
+    # "uniform": clips_per_video evenly spaced windows; "random": clips_per_video offsets
+    # re-drawn every epoch from a seed that mixes the epoch number.
+    sampling: Literal["uniform", "random"] = "uniform"
+    clips_per_video: int = 4
+    extensions: tuple[str, ...] = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+    # S3-compatible endpoint (e.g. MinIO/SeaweedFS); None uses the AWS default chain.
+    endpoint_override: str | None = None
+    # Ray tasks decoding in parallel; None = one per CPU of the cluster.
+    decode_concurrency: int | None = None
+    # Clips decoded per Ray Data task; small keeps memory flat, large amortises overhead.
+    decode_batch_size: int = 16
+    # Wall-clock limit for decoding one clip; a file that hangs PyAV is skipped.
+    decode_timeout_s: float = 60.0
+    # Fraction of source videos held out for validation (split by video, never by clip).
+    val_fraction: float = 0.1
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(self.clip_seconds > 0, "data.clip_seconds must be > 0")
+        _check(self.fps > 0, "data.fps must be > 0")
+        _check(8 <= self.frame_size <= 1024, "data.frame_size must be in [8, 1024]")
+        _check(1000 <= self.sample_rate <= 192_000, "data.sample_rate must be in [1000, 192000]")
+        _check(self.clips_per_video >= 1, "data.clips_per_video must be >= 1")
+        _check(bool(self.extensions), "data.extensions must not be empty")
+        _check(
+            all(e.startswith(".") for e in self.extensions),
+            "data.extensions must start with '.', e.g. .mp4",
+        )
+        _check(
+            self.decode_concurrency is None or self.decode_concurrency >= 1,
+            "data.decode_concurrency must be >= 1 or null",
+        )
+        _check(self.decode_batch_size >= 1, "data.decode_batch_size must be >= 1")
+        _check(self.decode_timeout_s > 0, "data.decode_timeout_s must be > 0")
+        _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction must be in [0, 1)")
+
+    @property
+    def num_frames(self) -> int:
+        return max(1, round(self.clip_seconds * self.fps))
+
+    @property
+    def num_samples(self) -> int:
+        return round(self.clip_seconds * self.sample_rate)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Encoders, projection heads and fusion (avray.models)."""
+
+    video_width: int = 32
+    video_depth: int = 3
+    audio_width: int = 32
+    audio_depth: int = 3
+    n_mels: int = 64
+    n_fft: int = 512
+    hop_length: int = 160
+    # Output size of each projection head (the space the objectives compare in).
+    embed_dim: int = 128
+    fusion: Literal["concat_mlp", "cross_attention"] = "concat_mlp"
+    fused_dim: int = 256
+    attention_heads: int = 4
+    # Space-Time Crop & Attend: random feature-level crop/mask during training.
+    crop_attend: bool = False
+    mask_ratio: float = 0.25
+
+    def validate(self) -> None:
+        for name in ("video_width", "video_depth", "audio_width", "audio_depth", "n_mels",
+                     "n_fft", "hop_length", "embed_dim", "fused_dim", "attention_heads"):
+            _check(getattr(self, name) >= 1, f"model.{name} must be >= 1")
+        _check(0.0 <= self.mask_ratio < 1.0, "model.mask_ratio must be in [0, 1)")
+        _check(
+            self.fusion != "cross_attention" or self.fused_dim % self.attention_heads == 0,
+            "model.fused_dim must be divisible by model.attention_heads for cross_attention",
+        )
+
+
+@dataclass(frozen=True)
+class InfoNCEConfig:
+    weight: float = 1.0
+    temperature: float = 0.07
+    learnable_temperature: bool = False
+
+
+@dataclass(frozen=True)
+class XDCConfig:
+    weight: float = 0.0
+    variant: Literal["cross", "self", "multi", "concat"] = "cross"
+    num_clusters: int = 16
+    recluster_every_epochs: int = 1
+    kmeans_iters: int = 20
+
+
+@dataclass(frozen=True)
+class ClusterContrastiveConfig:
+    weight: float = 0.0
+    num_clusters: int = 16
+    temperature: float = 1.0
+    entropy_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class DCCAConfig:
+    weight: float = 0.0
+    # Number of canonical correlations maximised; None = all (embed_dim).
+    top_k: int | None = None
+    eps: float = 1e-3
+
+
+@dataclass(frozen=True)
+class SDLConfig:
+    weight: float = 0.0
+    decorrelation_weight: float = 1.0
+    momentum: float = 0.9
+
+
+@dataclass(frozen=True)
+class ObjectivesConfig:
+    """The loss mixture L = sum_i weight_i * L_i (avray.objectives)."""
+
+    infonce: InfoNCEConfig = field(default_factory=InfoNCEConfig)
+    xdc: XDCConfig = field(default_factory=XDCConfig)
+    cluster_contrastive: ClusterContrastiveConfig = field(default_factory=ClusterContrastiveConfig)
+    dcca: DCCAConfig = field(default_factory=DCCAConfig)
+    sdl: SDLConfig = field(default_factory=SDLConfig)
+    # Gather embeddings across workers so negatives/statistics span the global batch.
+    gather_distributed: bool = True
+    # What a non-finite loss does: "raise" names the term; "skip" drops the step and counts it.
+    nonfinite: Literal["raise", "skip"] = "raise"
+
+    def enabled(self) -> dict[str, Any]:
+        """Objectives with a non-zero weight, by name."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if dataclasses.is_dataclass(getattr(self, f.name)) and getattr(self, f.name).weight != 0
+        }
+
+    def validate(self) -> None:
+        terms = [f.name for f in dataclasses.fields(self) if dataclasses.is_dataclass(getattr(self, f.name))]
+        for name in terms:
+            _check(getattr(self, name).weight >= 0, f"objectives.{name}.weight must be >= 0")
+        _check(bool(self.enabled()), f"at least one of objectives.{{{','.join(terms)}}}.weight must be > 0")
+        _check(self.infonce.temperature > 0, "objectives.infonce.temperature must be > 0")
+        _check(self.xdc.num_clusters >= 2, "objectives.xdc.num_clusters must be >= 2")
+        _check(self.xdc.recluster_every_epochs >= 1, "objectives.xdc.recluster_every_epochs must be >= 1")
+        _check(self.xdc.kmeans_iters >= 1, "objectives.xdc.kmeans_iters must be >= 1")
+        _check(self.cluster_contrastive.num_clusters >= 2,
+               "objectives.cluster_contrastive.num_clusters must be >= 2")
+        _check(self.cluster_contrastive.temperature > 0,
+               "objectives.cluster_contrastive.temperature must be > 0")
+        _check(self.dcca.top_k is None or self.dcca.top_k >= 1, "objectives.dcca.top_k must be >= 1 or null")
+        _check(self.dcca.eps > 0, "objectives.dcca.eps must be > 0")
+        _check(0.0 <= self.sdl.momentum < 1.0, "objectives.sdl.momentum must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Ray Train pretraining (avray.train)."""
+
+    epochs: int = 10
+    # Global batch size, split evenly over workers.
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    grad_clip: float = 1.0
+    # None: one worker per GPU when GPUs exist, else one per CPU of the cluster.
+    num_workers: int | None = None
+    use_gpu: bool | None = None
+    mixed_precision: bool = True
+    max_failures: int = 3
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "train.epochs must be >= 1")
+        _check(self.batch_size >= 2, "train.batch_size must be >= 2")
+        _check(self.lr > 0, "train.lr must be > 0")
+        _check(self.weight_decay >= 0, "train.weight_decay must be >= 0")
+        _check(self.warmup_epochs >= 0, "train.warmup_epochs must be >= 0")
+        _check(self.grad_clip >= 0, "train.grad_clip must be >= 0 (0 disables clipping)")
+        _check(self.num_workers is None or self.num_workers >= 1, "train.num_workers must be >= 1 or null")
+        _check(self.max_failures >= -1, "train.max_failures must be >= -1 (-1 = retry forever)")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Ray Tune search over the loss mixture (avray.tune)."""
+
+    scheduler: Literal["pbt", "pb2", "asha", "fifo"] = "pbt"
+    search_alg: Literal["random", "optuna", "hyperopt"] = "random"
+    num_samples: int = 4
+    perturbation_interval: int = 1
+    fitness: Literal["zipf", "knn"] = "zipf"
+    zipf_clusters: int = 16
+    zipf_exponent: float = 1.0
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+
+    def validate(self) -> None:
+        _check(self.num_samples >= 1, "tune.num_samples must be >= 1")
+        _check(self.perturbation_interval >= 1, "tune.perturbation_interval must be >= 1")
+        _check(self.zipf_clusters >= 2, "tune.zipf_clusters must be >= 2")
+        _check(self.zipf_exponent > 0, "tune.zipf_exponent must be > 0")
+        _check(self.cpus_per_trial > 0, "tune.cpus_per_trial must be > 0")
+        _check(self.gpus_per_trial >= 0, "tune.gpus_per_trial must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow (avray.tracking)."""
+
+    # None: $MLFLOW_TRACKING_URI, else sqlite:///<output>/mlflow.db.
+    tracking_uri: str | None = None
+    experiment: str = "avray"
+    run_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"train.lr": 0.001, ...}``: the form MLflow params and Tune configs take."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, Mapping):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = value
+
+        walk("", _plain(self.to_dict()))
+        return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Turn a YAML/CLI value into the annotated type, or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return _build(annotation, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: cannot parse {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be one of {', '.join(map(repr, args))}; got {value!r}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, Sequence):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{key}[]") for v in value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be an integer, got {value!r}") from None
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+    if annotation is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported type {annotation!r}")
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]}; valid keys under "
+            f"{prefix or 'the top level'}: {', '.join(sorted(names))}"
+        )
+    kwargs = {
+        name: _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
+        for name, value in values.items()
+    }
+    return cls(**kwargs)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value (e.g. train.epochs=5), got {item!r}")
+    key, raw = item.split("=", 1)
+    # YAML parsing gives numbers, booleans, null and lists their natural types.
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Build a validated Config from an optional YAML file and ``key=value`` overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        values = loaded
+    for item in overrides:
+        keys, value = _parse_override(item)
+        node = values
+        for k in keys[:-1]:
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item}: {k} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return _build(Config, values).validate()
+
+
+def with_overrides(config: Config, changes: Mapping[str, Any]) -> Config:
+    """A copy of ``config`` with dotted keys changed (``{"train.lr": 0.01}``), revalidated."""
+    values = config.to_dict()
+    for dotted, value in changes.items():
+        node = values
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"unknown config key {dotted}")
+            node = node[p]
+        if leaf not in node:
+            raise ConfigError(f"unknown config key {dotted}")
+        node[leaf] = value
+    return _build(Config, values).validate()

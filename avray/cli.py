@@ -1,0 +1,54 @@
+"""What every workflow script shares: flags, config loading, clear errors, Ray start-up."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable, Sequence
+
+from avray.config import Config, ConfigError, load_config
+from avray.data.sources import SourceError
+
+EXIT_USAGE = 2
+
+
+def parser(description: str, *, data: bool = True, output: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    if data:
+        p.add_argument("--data", required=True, help="video folder, manifest (.csv/.parquet), s3:// prefix, or prepared clips")
+    if output:
+        p.add_argument("--output", required=True, help="output folder (local or s3://)")
+    p.add_argument("--config", help="YAML config (see workflows/configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"),
+                   help="Ray cluster to join (default: $RAY_ADDRESS, else a local cluster sized to this machine)")
+    return p
+
+
+def load(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)
+
+
+def init_ray(address: str | None = None, **kwargs) -> None:
+    """Join ``address`` (``ray job submit`` sets RAY_ADDRESS) or start a local cluster."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ray.init(address=address, include_dashboard=False, **kwargs) if address else ray.init(include_dashboard=False, **kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = sys.stderr.isatty()
+
+
+def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
+    """Run a workflow's ``main``; a bad config or data source is one line and exit code 2."""
+    try:
+        code = main(argv)
+    except (ConfigError, SourceError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        code = EXIT_USAGE
+    sys.exit(code)

@@ -1,0 +1,196 @@
+"""The data pipeline, assembled in one place.
+
+    list_videos ─► probe_videos (Ray tasks) ─► clip index (parquet-able table)
+                                                 │  uniform K clips, or fresh random offsets per epoch
+                                                 ▼
+                         decode_clips (Ray Data tasks, streaming) ─► clip rows ─► training / prepare
+
+Prepared shards (``workflows/prepare.py``) skip the first three steps: they already hold
+clip rows and are read back with ``ray.data.read_parquet``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import ray
+
+from avray.config import DataConfig
+from avray.data.report import SkipLog, SkipReport
+from avray.data.sources import PREPARED_MARKER, SourceError, filesystem_for, is_prepared, list_videos
+from avray.data.stages import clip_id, clip_starts, decode_clips, probe_videos, random_starts
+
+# Shape-defining settings: prepared shards are only valid for a config that agrees on these.
+CLIP_SHAPE_KEYS = ("clip_seconds", "fps", "frame_size", "sample_rate")
+
+
+def _parallelism(cfg: DataConfig) -> int:
+    return cfg.decode_concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+@dataclass
+class ClipIndex:
+    """One row per clip: source, slot, start, duration, video_duration, label, has_audio, clip_id.
+
+    Built from container metadata only. ``for_epoch`` gives the clips to decode in an epoch:
+    the stored uniform windows, or (``data.sampling: random``) new offsets for every epoch.
+    """
+
+    clips: pa.Table
+    report: SkipReport = field(default_factory=SkipReport)
+
+    @property
+    def num_videos(self) -> int:
+        return len(pc.unique(self.clips.column("source"))) if self.clips.num_rows else 0
+
+    def for_epoch(self, cfg: DataConfig, epoch: int) -> pa.Table:
+        if cfg.sampling == "uniform" or self.clips.num_rows == 0:
+            return self.clips
+        starts = random_starts(self.clips, cfg, epoch)
+        ids = [clip_id(s, t) for s, t in zip(self.clips.column("source").to_pylist(), starts.to_pylist())]
+        table = self.clips.set_column(self.clips.schema.get_field_index("start"), "start", starts)
+        return table.set_column(table.schema.get_field_index("clip_id"), "clip_id", pa.array(ids, pa.string()))
+
+    def write(self, uri: str, endpoint_override: str | None = None) -> None:
+        fs, path = filesystem_for(uri, endpoint_override)
+        pq.write_table(self.clips, path, filesystem=fs)
+
+
+def build_clip_index(uri: str, cfg: DataConfig) -> ClipIndex:
+    """List the videos under ``uri``, probe them in parallel with Ray, lay out their clips."""
+    refs = list_videos(uri, cfg.extensions, cfg.endpoint_override)
+    items = [{"uri": ref.uri, "label": ref.label} for ref in refs]
+    blocks = max(1, min(len(items), 4 * _parallelism(cfg)))
+    probed = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+        probe_videos,
+        fn_kwargs={"cfg": cfg},
+        batch_format="numpy",
+        batch_size=None,
+        compute=ray.data.TaskPoolStrategy(size=_parallelism(cfg)),
+    )
+    videos = pa.concat_tables(ray.get(probed.to_arrow_refs())).to_pylist()
+    report = SkipReport()
+    rows = []
+    for video in sorted(videos, key=lambda v: v["source"]):
+        if video["reason"]:
+            report.add(video["source"], video["reason"], video["detail"], clips=cfg.clips_per_video)
+            continue
+        if not video["has_audio"]:
+            report.silent_videos.add(video["source"])
+        for slot, start in enumerate(clip_starts(video["duration"], cfg)):
+            start = round(float(start), 3)
+            rows.append(
+                {
+                    "source": video["source"],
+                    "slot": slot,
+                    "start": start,
+                    "duration": cfg.clip_seconds,
+                    "video_duration": video["duration"],
+                    "label": video["label"],
+                    "has_audio": video["has_audio"],
+                    "clip_id": clip_id(video["source"], start),
+                }
+            )
+    schema = pa.schema(
+        [
+            ("source", pa.string()),
+            ("slot", pa.int32()),
+            ("start", pa.float64()),
+            ("duration", pa.float64()),
+            ("video_duration", pa.float64()),
+            ("label", pa.string()),
+            ("has_audio", pa.bool_()),
+            ("clip_id", pa.string()),
+        ]
+    )
+    return ClipIndex(pa.Table.from_pylist(rows, schema=schema), report)
+
+
+@dataclass
+class Clips:
+    """A stream of clip rows and the record of what was skipped producing it."""
+
+    dataset: ray.data.Dataset
+    index: ClipIndex | None = None
+    skip_log: ray.actor.ActorHandle | None = None
+
+    def report(self) -> SkipReport:
+        """Skips so far: those found while indexing plus those found while decoding.
+
+        Complete once the dataset has been consumed.
+        """
+        report = SkipReport()
+        if self.index is not None:
+            report.merge(self.index.report)
+        if self.skip_log is not None:
+            report.merge(ray.get(self.skip_log.get.remote()))
+        return report
+
+
+def decode_dataset(index: ClipIndex, cfg: DataConfig, epoch: int = 0) -> Clips:
+    """Stream the decoded clips of ``index`` for ``epoch`` (lazy: nothing runs until iterated)."""
+    table = index.for_epoch(cfg, epoch)
+    if table.num_rows == 0:
+        raise SourceError(f"no usable clips: every video was skipped\n{index.report.summary()}")
+    # One block per decode task: small blocks keep memory flat and spread the work evenly.
+    step = cfg.decode_batch_size
+    blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)]
+    skip_log = SkipLog.remote()
+    dataset = ray.data.from_arrow(blocks).map_batches(
+        decode_clips,
+        fn_kwargs={"cfg": cfg, "skip_log": skip_log},
+        batch_format="numpy",
+        batch_size=None,
+        compute=ray.data.TaskPoolStrategy(size=_parallelism(cfg)),
+        num_cpus=1,
+    )
+    return Clips(dataset, index, skip_log)
+
+
+def read_prepared(uri: str, cfg: DataConfig) -> Clips:
+    """Clip rows materialised by ``workflows/prepare.py``, checked against ``cfg``'s clip shape."""
+    fs, path = filesystem_for(uri, cfg.endpoint_override)
+    with fs.open_input_stream(f"{path}/{PREPARED_MARKER}") as handle:
+        meta = json.loads(handle.read())
+    mismatched = [k for k in CLIP_SHAPE_KEYS if meta["data"].get(k) != getattr(cfg, k)]
+    if mismatched:
+        details = ", ".join(f"{k}: shards {meta['data'].get(k)} vs config {getattr(cfg, k)}" for k in mismatched)
+        raise SourceError(f"prepared clips at {uri!r} do not match the config ({details}); re-run prepare.py")
+    dataset = ray.data.read_parquet(path, filesystem=fs, file_extensions=["parquet"])
+    return Clips(dataset)
+
+
+def count_prepared(uri: str, cfg: DataConfig) -> int:
+    """Clips in a prepared folder, from parquet metadata (nothing is decoded or read in full)."""
+    fs, path = filesystem_for(uri, cfg.endpoint_override)
+    return pads.dataset(path, filesystem=fs, format="parquet", exclude_invalid_files=True).count_rows()
+
+
+def load_clips(uri: str, cfg: DataConfig, epoch: int = 0) -> Clips:
+    """Clip rows from any source: videos (folder, manifest, s3://) or prepared shards."""
+    if is_prepared(uri, cfg.endpoint_override):
+        return read_prepared(uri, cfg)
+    return decode_dataset(build_clip_index(uri, cfg), cfg, epoch)
+
+
+def write_prepared(clips: Clips, uri: str, cfg: DataConfig) -> SkipReport:
+    """Materialise ``clips`` as parquet shards under ``uri`` (local or s3://), plus the marker."""
+    fs, path = filesystem_for(uri, cfg.endpoint_override)
+    fs.create_dir(path, recursive=True)
+    clips.dataset.write_parquet(path, filesystem=fs)
+    report = clips.report()
+    meta = {
+        "data": {k: getattr(cfg, k) for k in CLIP_SHAPE_KEYS},
+        "skipped": {src: {"reason": r, "detail": d} for src, (r, d) in report.skipped.items()},
+        "silent_videos": sorted(report.silent_videos),
+    }
+    # The marker is written last: a folder without it is an interrupted prepare, not a dataset.
+    with fs.open_output_stream(f"{path}/{PREPARED_MARKER}") as handle:
+        handle.write(json.dumps(meta, indent=2).encode())
+    return report
+

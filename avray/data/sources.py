@@ -1,0 +1,143 @@
+"""Where videos come from: a local folder, a manifest (CSV/parquet), or an ``s3://`` prefix.
+
+Every source resolves to a list of :class:`VideoRef` plus the ``pyarrow.fs`` filesystem
+that reads them, so the decoder never needs to know whether bytes come from disk or S3.
+Credentials follow the standard AWS chain (environment, ``~/.aws``, instance role);
+``endpoint_override`` points at an S3-compatible server (MinIO, SeaweedFS, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Sequence
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+MANIFEST_SUFFIXES = (".csv", ".parquet")
+# A prepared-clip folder (workflows/prepare.py) carries this marker next to its shards.
+PREPARED_MARKER = "avray_clips.json"
+
+
+class SourceError(ValueError):
+    """The data source cannot be used; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class VideoRef:
+    """One video: ``path`` as the filesystem sees it (``bucket/key`` for S3), ``uri`` as the user wrote it."""
+
+    uri: str
+    label: str | None = None
+
+
+def filesystem_for(uri: str, endpoint_override: str | None = None) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem for ``uri`` and the path inside it.
+
+    pyarrow ignores ``AWS_ENDPOINT_URL``, so an S3-compatible endpoint is passed explicitly
+    (``endpoint_override``, or ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` from the environment).
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        endpoint = endpoint_override or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        kwargs: dict = {}
+        if endpoint:
+            endpoint_url = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+            kwargs["endpoint_override"] = endpoint_url.netloc
+            kwargs["scheme"] = endpoint_url.scheme
+            # S3-compatible servers rarely care about the region, but pyarrow must not
+            # go looking for the bucket's region on AWS.
+            kwargs["region"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        elif os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"):
+            kwargs["region"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        return pafs.S3FileSystem(**kwargs), f"{parsed.netloc}{parsed.path}".rstrip("/")
+    if parsed.scheme in ("", "file"):
+        path = parsed.path if parsed.scheme == "file" else uri
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    raise SourceError(f"unsupported data location {uri!r}: use a local path, a manifest file or s3://bucket/prefix")
+
+
+def join_uri(base: str, relative: str) -> str:
+    """``relative`` resolved against the folder ``base`` (local path or s3:// URI)."""
+    if urlparse(relative).scheme or os.path.isabs(relative):
+        return relative
+    if base.startswith("s3://"):
+        return f"{base.rstrip('/')}/{relative}"
+    return os.path.join(base, relative)
+
+
+def _to_uri(fs: pafs.FileSystem, path: str) -> str:
+    return f"s3://{path}" if isinstance(fs, pafs.S3FileSystem) else path
+
+
+def is_prepared(uri: str, endpoint_override: str | None = None) -> bool:
+    """True when ``uri`` is a folder of clip shards written by ``workflows/prepare.py``."""
+    fs, path = filesystem_for(uri, endpoint_override)
+    return fs.get_file_info(f"{path}/{PREPARED_MARKER}").type == pafs.FileType.File
+
+
+def list_videos(uri: str, extensions: Sequence[str], endpoint_override: str | None = None) -> list[VideoRef]:
+    """Every video under ``uri``: a folder (recursive), a manifest file, or an s3:// prefix.
+
+    In a folder-per-class layout (``root/<class>/<video>``, as UCF101) the label is the
+    class folder's name. A manifest has a ``path`` column (absolute, s3://, or relative to
+    the manifest's folder) and an optional ``label`` column. Sorted, so runs are repeatable.
+    """
+    fs, path = filesystem_for(uri, endpoint_override)
+    try:
+        info = fs.get_file_info(path)
+    except OSError as err:
+        raise SourceError(f"cannot reach data source {uri!r}: {err}") from None
+    if info.type == pafs.FileType.File:
+        if not path.lower().endswith(MANIFEST_SUFFIXES):
+            raise SourceError(
+                f"{uri!r} is a file but not a manifest: give a folder, an s3:// prefix, "
+                f"or a .csv/.parquet manifest with a 'path' column"
+            )
+        return _read_manifest(fs, path, uri)
+    # S3 has no folders: an empty prefix is reported below as "no videos".
+    if info.type != pafs.FileType.Directory and not isinstance(fs, pafs.S3FileSystem):
+        raise SourceError(f"data path {uri!r} does not exist")
+    wanted = tuple(e.lower() for e in extensions)
+    try:
+        entries = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    except OSError as err:
+        raise SourceError(f"cannot list data source {uri!r}: {err}") from None
+    files = sorted(
+        e.path for e in entries if e.type == pafs.FileType.File and e.path.lower().endswith(wanted)
+    )
+    if not files:
+        raise SourceError(f"no videos with extensions {', '.join(extensions)} under {uri!r}")
+    relative = [PurePosixPath(f).relative_to(path).parts for f in files]
+    # Labels come from folders only when every video sits exactly one folder down.
+    per_class = all(len(parts) == 2 for parts in relative)
+    return [
+        VideoRef(uri=_to_uri(fs, f), label=parts[0] if per_class else None)
+        for f, parts in zip(files, relative)
+    ]
+
+
+def _read_manifest(fs: pafs.FileSystem, path: str, uri: str) -> list[VideoRef]:
+    try:
+        with fs.open_input_file(path) as handle:
+            table = pq.read_table(handle) if path.lower().endswith(".parquet") else pacsv.read_csv(handle)
+    except (OSError, pa.ArrowInvalid) as err:
+        raise SourceError(f"cannot read manifest {uri!r}: {err}") from None
+    if "path" not in table.column_names:
+        raise SourceError(f"manifest {uri!r} needs a 'path' column; it has {table.column_names}")
+    base = uri.rsplit("/", 1)[0] if uri.startswith("s3://") else os.path.dirname(os.path.abspath(path))
+    paths = table.column("path").to_pylist()
+    labels = table.column("label").to_pylist() if "label" in table.column_names else [None] * len(paths)
+    refs = [
+        VideoRef(uri=join_uri(base, str(p)), label=None if lab is None else str(lab))
+        for p, lab in zip(paths, labels)
+        if p is not None and str(p).strip()
+    ]
+    if not refs:
+        raise SourceError(f"manifest {uri!r} lists no videos")
+    return refs

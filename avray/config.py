@@ -45,6 +45,8 @@ class DataConfig:
     decode_concurrency: int | None = None
     # Clips decoded per Ray Data task; small keeps memory flat, large amortises overhead.
     decode_batch_size: int = 16
+    # CPUs reserved per decode task (fractions let small test clusters share cores).
+    cpus_per_decode_task: float = 1.0
     # Wall-clock limit for decoding one clip; a file that hangs PyAV is skipped.
     decode_timeout_s: float = 60.0
     # Fraction of source videos held out for validation (split by video, never by clip).
@@ -67,6 +69,7 @@ class DataConfig:
             "data.decode_concurrency must be >= 1 or null",
         )
         _check(self.decode_batch_size >= 1, "data.decode_batch_size must be >= 1")
+        _check(self.cpus_per_decode_task > 0, "data.cpus_per_decode_task must be > 0")
         _check(self.decode_timeout_s > 0, "data.decode_timeout_s must be > 0")
         _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction must be in [0, 1)")
 
@@ -108,6 +111,26 @@ class ModelConfig:
             self.fusion != "cross_attention" or self.fused_dim % self.attention_heads == 0,
             "model.fused_dim must be divisible by model.attention_heads for cross_attention",
         )
+        _check(
+            self.n_mels <= self.n_fft // 2 + 1,
+            "model.n_mels must be <= model.n_fft // 2 + 1 (more mel bands than FFT bins leaves empty bands)",
+        )
+        _check(
+            not self.crop_attend or self.video_dim % self.attention_heads == 0,
+            f"model.video_width * 2**(model.video_depth - 1) (= {self.video_dim}) must be divisible "
+            "by model.attention_heads for crop_attend",
+        )
+
+    # The encoders double their width at every stage after the first.
+    @property
+    def video_dim(self) -> int:
+        """Width of the video encoder's output (pooled features and tokens)."""
+        return self.video_width * 2 ** (self.video_depth - 1)
+
+    @property
+    def audio_dim(self) -> int:
+        """Width of the audio encoder's output (pooled features and tokens)."""
+        return self.audio_width * 2 ** (self.audio_depth - 1)
 
 
 @dataclass(frozen=True)
@@ -203,6 +226,10 @@ class TrainConfig:
     # None: one worker per GPU when GPUs exist, else one per CPU of the cluster.
     num_workers: int | None = None
     use_gpu: bool | None = None
+    # CPUs reserved per training worker; the rest of the cluster's CPUs decode video.
+    cpus_per_worker: float = 1.0
+    # PACK fills nodes one by one; SPREAD puts workers on as many nodes as possible.
+    placement_strategy: Literal["PACK", "SPREAD"] = "PACK"
     mixed_precision: bool = True
     max_failures: int = 3
     seed: int = 0
@@ -215,6 +242,7 @@ class TrainConfig:
         _check(self.warmup_epochs >= 0, "train.warmup_epochs must be >= 0")
         _check(self.grad_clip >= 0, "train.grad_clip must be >= 0 (0 disables clipping)")
         _check(self.num_workers is None or self.num_workers >= 1, "train.num_workers must be >= 1 or null")
+        _check(self.cpus_per_worker > 0, "train.cpus_per_worker must be > 0")
         _check(self.max_failures >= -1, "train.max_failures must be >= -1 (-1 = retry forever)")
 
 
@@ -421,4 +449,9 @@ def with_overrides(config: Config, changes: Mapping[str, Any]) -> Config:
         if leaf not in node:
             raise ConfigError(f"unknown config key {dotted}")
         node[leaf] = value
+    return _build(Config, values).validate()
+
+
+def config_from_dict(values: Mapping[str, Any]) -> Config:
+    """Inverse of ``Config.to_dict``: how configs travel to Ray workers and back from checkpoints."""
     return _build(Config, values).validate()

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from avray.config import DataConfig, ModelConfig
+from avray.models import VideoEncoder
+from avray.models.video import KINETICS_MEAN, KINETICS_STD
+from tests.models.clips import SMALL_DATA, random_clips
+
+
+def test_default_clip_gives_pooled_features_and_a_4x4x4_token_grid():
+    encoder = VideoEncoder(ModelConfig())
+    video, _ = random_clips(DataConfig(), batch=2)
+    pooled, tokens = encoder(video)
+    assert encoder.out_dim == 128
+    assert pooled.shape == (2, 128)
+    assert tokens.shape == (2, 4 * 4 * 4, 128)
+
+
+@pytest.mark.parametrize("width, depth, grid", [(8, 1, (8, 8, 8)), (8, 2, (4, 4, 4)), (4, 3, (2, 2, 2))])
+def test_width_and_depth_set_feature_size_and_grid(width, depth, grid):
+    encoder = VideoEncoder(ModelConfig(video_width=width, video_depth=depth))
+    video, _ = random_clips(SMALL_DATA, batch=2)  # 8 frames of 32×32
+    pooled, tokens = encoder(video)
+    assert encoder.out_dim == width * 2 ** (depth - 1)
+    assert pooled.shape == (2, encoder.out_dim)
+    assert tokens.shape == (2, grid[0] * grid[1] * grid[2], encoder.out_dim)
+
+
+def test_uint8_frames_are_normalised_inside_the_encoder():
+    encoder = VideoEncoder(ModelConfig(video_width=8, video_depth=2)).eval()
+    video, _ = random_clips(SMALL_DATA, batch=2)
+    mean = torch.tensor(KINETICS_MEAN).view(1, 3, 1, 1, 1)
+    std = torch.tensor(KINETICS_STD).view(1, 3, 1, 1, 1)
+    by_hand = (video.double().permute(0, 4, 1, 2, 3) / 255.0 - mean.double()) / std.double()
+    with torch.no_grad():
+        expected = encoder.backbone(by_hand.float()).flatten(2).mean(-1)
+        pooled, _ = encoder(video)
+    torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_float_frames_are_rejected_rather_than_normalised_twice():
+    encoder = VideoEncoder(ModelConfig(video_width=8, video_depth=1))
+    video, _ = random_clips(SMALL_DATA, batch=2)
+    with pytest.raises(ValueError, match="uint8"):
+        encoder(video.float())
+
+
+def test_normalisation_constants_are_buffers_saved_with_the_model():
+    encoder = VideoEncoder(ModelConfig(video_width=8, video_depth=1))
+    buffers = dict(encoder.named_buffers())
+    assert {"normalize.mean", "normalize.std"} <= set(buffers) <= set(encoder.state_dict())

@@ -39,7 +39,8 @@ def init_ray(address: str | None = None, **kwargs) -> None:
     if ray.is_initialized():
         return
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    ray.init(address=address, include_dashboard=False, **kwargs) if address else ray.init(include_dashboard=False, **kwargs)
+    # "local" starts a fresh cluster sized to this machine instead of joining one found on disk.
+    ray.init(address=address or "local", include_dashboard=False, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()
 

@@ -138,6 +138,8 @@ class InfoNCEConfig:
     weight: float = 1.0
     temperature: float = 0.07
     learnable_temperature: bool = False
+    # Lower clamp of a learnable temperature (CLIP clamps its logit scale at 100, i.e. tau >= 0.01).
+    min_temperature: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,8 @@ class XDCConfig:
     num_clusters: int = 16
     recluster_every_epochs: int = 1
     kmeans_iters: int = 20
+    # Seeds k-means++ and the classifier-head re-initialisation (mixed with the clustering round).
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,8 @@ class ObjectivesConfig:
             _check(getattr(self, name).weight >= 0, f"objectives.{name}.weight must be >= 0")
         _check(bool(self.enabled()), f"at least one of objectives.{{{','.join(terms)}}}.weight must be > 0")
         _check(self.infonce.temperature > 0, "objectives.infonce.temperature must be > 0")
+        _check(0 < self.infonce.min_temperature <= self.infonce.temperature,
+               "objectives.infonce.min_temperature must be in (0, objectives.infonce.temperature]")
         _check(self.xdc.num_clusters >= 2, "objectives.xdc.num_clusters must be >= 2")
         _check(self.xdc.recluster_every_epochs >= 1, "objectives.xdc.recluster_every_epochs must be >= 1")
         _check(self.xdc.kmeans_iters >= 1, "objectives.xdc.kmeans_iters must be >= 1")
@@ -207,9 +213,12 @@ class ObjectivesConfig:
                "objectives.cluster_contrastive.num_clusters must be >= 2")
         _check(self.cluster_contrastive.temperature > 0,
                "objectives.cluster_contrastive.temperature must be > 0")
+        _check(self.cluster_contrastive.entropy_weight >= 0,
+               "objectives.cluster_contrastive.entropy_weight must be >= 0")
         _check(self.dcca.top_k is None or self.dcca.top_k >= 1, "objectives.dcca.top_k must be >= 1 or null")
         _check(self.dcca.eps > 0, "objectives.dcca.eps must be > 0")
         _check(0.0 <= self.sdl.momentum < 1.0, "objectives.sdl.momentum must be in [0, 1)")
+        _check(self.sdl.decorrelation_weight >= 0, "objectives.sdl.decorrelation_weight must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,41 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 import pytest  # noqa: E402
 
 
+def _start_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray cluster (2 CPUs, as on the CI machine) shared by the tests that need it."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        _start_local()
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_two_nodes():
+    """Two Ray nodes of 1 CPU each on this machine (``ray.cluster_utils.Cluster``); the shared
+    local cluster, if it was running, is started again afterwards."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    was_local = ray.is_initialized()
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+    if was_local:
+        _start_local()
 
 
 @pytest.fixture(scope="session")

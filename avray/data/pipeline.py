@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -23,7 +24,7 @@ import ray
 from avray.config import DataConfig
 from avray.data.report import SkipLog, SkipReport
 from avray.data.sources import PREPARED_MARKER, SourceError, filesystem_for, is_prepared, list_videos
-from avray.data.stages import clip_id, clip_starts, decode_clips, probe_videos, random_starts
+from avray.data.stages import clip_id, clip_starts, decode_clips, probe_videos, random_start, video_unit
 
 # Shape-defining settings: prepared shards are only valid for a config that agrees on these.
 CLIP_SHAPE_KEYS = ("clip_seconds", "fps", "frame_size", "sample_rate")
@@ -51,10 +52,25 @@ class ClipIndex:
     def for_epoch(self, cfg: DataConfig, epoch: int) -> pa.Table:
         if cfg.sampling == "uniform" or self.clips.num_rows == 0:
             return self.clips
-        starts = random_starts(self.clips, cfg, epoch)
-        ids = [clip_id(s, t) for s, t in zip(self.clips.column("source").to_pylist(), starts.to_pylist())]
-        table = self.clips.set_column(self.clips.schema.get_field_index("start"), "start", starts)
+        starts = [
+            random_start(source, slot, duration, cfg, epoch)
+            for source, slot, duration in zip(
+                self.clips.column("source").to_pylist(),
+                self.clips.column("slot").to_pylist(),
+                self.clips.column("video_duration").to_pylist(),
+            )
+        ]
+        ids = [clip_id(s, t) for s, t in zip(self.clips.column("source").to_pylist(), starts)]
+        table = self.clips.set_column(self.clips.schema.get_field_index("start"), "start", pa.array(starts, pa.float64()))
         return table.set_column(table.schema.get_field_index("clip_id"), "clip_id", pa.array(ids, pa.string()))
+
+    def split(self, val_fraction: float, seed: int) -> tuple["ClipIndex", "ClipIndex"]:
+        """(train, validation) by source video, so clips of one video never sit on both sides."""
+        sources = self.clips.column("source").to_pylist()
+        held_out = [video_unit(s, seed) < val_fraction for s in sources]
+        mask = pa.array(held_out, pa.bool_())
+        return (ClipIndex(self.clips.filter(pc.invert(mask)), self.report),
+                ClipIndex(self.clips.filter(mask), SkipReport()))
 
     def write(self, uri: str, endpoint_override: str | None = None) -> None:
         fs, path = filesystem_for(uri, endpoint_override)
@@ -72,6 +88,7 @@ def build_clip_index(uri: str, cfg: DataConfig) -> ClipIndex:
         batch_format="numpy",
         batch_size=None,
         compute=ray.data.TaskPoolStrategy(size=_parallelism(cfg)),
+        num_cpus=cfg.cpus_per_decode_task,
     )
     videos = pa.concat_tables(ray.get(probed.to_arrow_refs())).to_pylist()
     report = SkipReport()
@@ -132,8 +149,30 @@ class Clips:
         return report
 
 
-def decode_dataset(index: ClipIndex, cfg: DataConfig, epoch: int = 0) -> Clips:
-    """Stream the decoded clips of ``index`` for ``epoch`` (lazy: nothing runs until iterated)."""
+@ray.remote(num_cpus=0)
+class EpochClock:
+    """The epoch a long-lived dataset is being read for.
+
+    Ray Train re-executes the same dataset every epoch; with ``data.sampling: random`` the
+    decode tasks read the epoch here, so each epoch gets fresh (and reproducible) offsets.
+    """
+
+    def __init__(self, epoch: int = 0):
+        self.epoch = epoch
+
+    def set(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def get(self) -> int:
+        return self.epoch
+
+
+def decode_dataset(index: ClipIndex, cfg: DataConfig, epoch: int = 0, epoch_clock=None) -> Clips:
+    """Stream the decoded clips of ``index`` (lazy: nothing runs until iterated).
+
+    The clips are those of ``epoch``, or, given an :class:`EpochClock`, of whatever epoch
+    the clock shows when each block is decoded.
+    """
     table = index.for_epoch(cfg, epoch)
     if table.num_rows == 0:
         raise SourceError(f"no usable clips: every video was skipped\n{index.report.summary()}")
@@ -143,12 +182,16 @@ def decode_dataset(index: ClipIndex, cfg: DataConfig, epoch: int = 0) -> Clips:
     skip_log = SkipLog.remote()
     dataset = ray.data.from_arrow(blocks).map_batches(
         decode_clips,
-        fn_kwargs={"cfg": cfg, "skip_log": skip_log},
+        fn_kwargs={"cfg": cfg, "skip_log": skip_log, "epoch_clock": epoch_clock},
         batch_format="numpy",
         batch_size=None,
         compute=ray.data.TaskPoolStrategy(size=_parallelism(cfg)),
-        num_cpus=1,
+        num_cpus=cfg.cpus_per_decode_task,
     )
+    # Ray Data reserves part of the cluster for each operator in the plan; decoding is the only
+    # one that does work, and with the reservation it ran ~1.3 tasks at a time on 2 cores
+    # instead of 2 (workflows/bench_ingest.py). Off for this dataset only.
+    dataset.context.op_resource_reservation_enabled = False
     return Clips(dataset, index, skip_log)
 
 
@@ -168,7 +211,7 @@ def read_prepared(uri: str, cfg: DataConfig) -> Clips:
 def count_prepared(uri: str, cfg: DataConfig) -> int:
     """Clips in a prepared folder, from parquet metadata (nothing is decoded or read in full)."""
     fs, path = filesystem_for(uri, cfg.endpoint_override)
-    return pads.dataset(path, filesystem=fs, format="parquet", exclude_invalid_files=True).count_rows()
+    return pads.dataset(path, filesystem=fs, format="parquet").count_rows()
 
 
 def load_clips(uri: str, cfg: DataConfig, epoch: int = 0) -> Clips:
@@ -194,3 +237,47 @@ def write_prepared(clips: Clips, uri: str, cfg: DataConfig) -> SkipReport:
         handle.write(json.dumps(meta, indent=2).encode())
     return report
 
+
+
+@dataclass
+class TrainingData:
+    """What pretraining reads: training and held-out clips, split by source video."""
+
+    train: ray.data.Dataset
+    val: ray.data.Dataset | None
+    num_train_clips: int
+    num_val_clips: int
+    clips: Clips
+    epoch_clock: ray.actor.ActorHandle | None = None
+
+
+def _keep_split(batch: dict, seed: int, val_fraction: float, held_out: bool) -> dict:
+    mask = np.array([(video_unit(s, seed) < val_fraction) == held_out for s in batch["source"]], dtype=bool)
+    return {k: v[mask] for k, v in batch.items()}
+
+
+def training_data(uri: str, cfg: DataConfig) -> TrainingData:
+    """Train/validation streams for pretraining, from videos or prepared shards.
+
+    From videos, the training stream follows an :class:`EpochClock`, so that with
+    ``data.sampling: random`` every epoch sees fresh clip offsets.
+    """
+    if is_prepared(uri, cfg.endpoint_override):
+        clips = read_prepared(uri, cfg)
+        fs, path = filesystem_for(uri, cfg.endpoint_override)
+        sources = pads.dataset(path, filesystem=fs, format="parquet") \
+            .to_table(columns=["source"]).column("source").to_pylist()
+        n_val = sum(video_unit(s, cfg.seed) < cfg.val_fraction for s in sources)
+        split = lambda held_out: clips.dataset.map_batches(  # noqa: E731
+            _keep_split, fn_kwargs={"seed": cfg.seed, "val_fraction": cfg.val_fraction, "held_out": held_out},
+            batch_format="numpy")
+        return TrainingData(split(False), split(True) if n_val else None, len(sources) - n_val, n_val, clips)
+    index = build_clip_index(uri, cfg)
+    train_index, val_index = index.split(cfg.val_fraction, cfg.seed)
+    if train_index.clips.num_rows == 0:
+        raise SourceError(f"no usable training clips in {uri!r}\n{index.report.summary()}")
+    clock = EpochClock.remote()
+    train = decode_dataset(train_index, cfg, epoch_clock=clock)
+    val = decode_dataset(val_index, cfg) if val_index.clips.num_rows else None
+    return TrainingData(train.dataset, val.dataset if val else None, train_index.clips.num_rows,
+                        val_index.clips.num_rows, train, clock)

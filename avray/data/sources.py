@@ -20,8 +20,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
-# A prepared-clip folder (workflows/prepare.py) carries this marker next to its shards.
-PREPARED_MARKER = "avray_clips.json"
+# A prepared-clip folder (workflows/prepare.py) carries this marker next to its shards;
+# the leading underscore keeps pyarrow and Ray from taking it for a data file.
+PREPARED_MARKER = "_avray_clips.json"
 
 
 class SourceError(ValueError):

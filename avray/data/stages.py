@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-import pyarrow as pa
+import ray
 
 from avray.config import DataConfig
 from avray.data.decode import decode_clip, probe
@@ -48,27 +48,35 @@ def clip_id(source: str, start: float) -> str:
     return f"{source}@{start:.3f}"
 
 
-def random_starts(clips: pa.Table, cfg: DataConfig, epoch: int) -> pa.Array:
-    """Fresh, reproducible window starts for ``epoch``: seeded by (data.seed, epoch, clip)."""
-    starts = []
-    for source, slot, video_duration in zip(
-        clips.column("source").to_pylist(), clips.column("slot").to_pylist(), clips.column("video_duration").to_pylist()
-    ):
-        digest = hashlib.blake2b(f"{cfg.seed}/{epoch}/{source}/{slot}".encode(), digest_size=8).digest()
-        unit = int.from_bytes(digest, "little") / 2**64
-        last = max(0.0, video_duration - cfg.clip_seconds - 1.0 / cfg.fps)
-        starts.append(round(unit * last, 3))
-    return pa.array(starts, pa.float64())
+def video_unit(*key) -> float:
+    """A number in [0, 1) fixed by ``key``: reproducible randomness without shared RNG state."""
+    digest = hashlib.blake2b("/".join(map(str, key)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
 
 
-# INPUT:  {source, start, label, clip_id}                   one row per clip to decode
+def random_start(source: str, slot: int, video_duration: float, cfg: DataConfig, epoch: int) -> float:
+    """A fresh, reproducible window start for ``epoch``: seeded by (data.seed, epoch, video, slot)."""
+    unit = video_unit(cfg.seed, epoch, source, slot)
+    last = max(0.0, video_duration - cfg.clip_seconds - 1.0 / cfg.fps)
+    return round(unit * last, 3)
+
+
+# INPUT:  {source, slot, start, video_duration, label, clip_id}   one row per clip to decode
 # OUTPUT: {video: uint8[T,S,S,3], audio: float32[N], source, start, clip_id, label}
-#         the clip-row contract; clips that cannot be decoded are reported, not returned
-def decode_clips(batch: dict[str, np.ndarray], cfg: DataConfig, skip_log=None) -> dict[str, np.ndarray]:
+#         the clip-row contract; clips that cannot be decoded are reported, not returned.
+#         With an epoch clock and random sampling, starts are re-drawn for the clock's epoch.
+def decode_clips(batch: dict[str, np.ndarray], cfg: DataConfig, skip_log=None, epoch_clock=None) -> dict[str, np.ndarray]:
+    starts = [float(t) for t in batch["start"]]
+    ids = list(batch["clip_id"])
+    if epoch_clock is not None and cfg.sampling == "random":
+        epoch = ray.get(epoch_clock.get.remote())
+        starts = [random_start(str(s), int(slot), float(d), cfg, epoch)
+                  for s, slot, d in zip(batch["source"], batch["slot"], batch["video_duration"])]
+        ids = [clip_id(str(s), t) for s, t in zip(batch["source"], starts)]
     videos, audios, keep = [], [], []
-    for i, (source, start) in enumerate(zip(batch["source"], batch["start"])):
+    for i, (source, start) in enumerate(zip(batch["source"], starts)):
         try:
-            clip = decode_clip(str(source), float(start), cfg)
+            clip = decode_clip(str(source), start, cfg)
         except SkipError as err:
             if skip_log is not None:
                 skip_log.add.remote(str(source), err.reason, err.detail)
@@ -83,7 +91,7 @@ def decode_clips(batch: dict[str, np.ndarray], cfg: DataConfig, skip_log=None) -
         "video": np.stack(videos) if videos else np.zeros(shape_v, np.uint8),
         "audio": np.stack(audios) if audios else np.zeros((0, cfg.num_samples), np.float32),
         "source": np.asarray([batch["source"][i] for i in keep], dtype=object),
-        "start": np.asarray([batch["start"][i] for i in keep], dtype=np.float64),
-        "clip_id": np.asarray([batch["clip_id"][i] for i in keep], dtype=object),
+        "start": np.asarray([starts[i] for i in keep], dtype=np.float64),
+        "clip_id": np.asarray([ids[i] for i in keep], dtype=object),
         "label": np.asarray([batch["label"][i] for i in keep], dtype=object),
     }

@@ -1,0 +1,56 @@
+"""End-of-run summary for MLflow: loss curves, the best checkpoint, what was skipped."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from avray.data.report import SkipReport  # noqa: E402
+from avray.tracking import Tracker  # noqa: E402
+
+
+def plot_losses(history: list[dict], path: Path) -> Path:
+    """One line per loss term (training) and held-out terms dashed, against the epoch."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    epochs = [h["epoch"] for h in history]
+    keys = sorted({k for h in history for k in h if k == "loss" or k.startswith(("loss/", "val/"))} - {"val/elo_fitness", "val/knn_accuracy"})
+    for key in keys:
+        ax.plot(epochs, [h.get(key, float("nan")) for h in history], "--" if key.startswith("val/") else "-", label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def best_epoch(history: list[dict]) -> dict | None:
+    """Highest held-out ELo fitness when validated, else the lowest training loss."""
+    if not history:
+        return None
+    if all("val/elo_fitness" in h for h in history):
+        return max(history, key=lambda h: h["val/elo_fitness"])
+    return min(history, key=lambda h: h.get("loss", float("inf")))
+
+
+def log_run_summary(tracker: Tracker, history: list[dict], checkpoint: str | None, skipped: SkipReport) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="avray-summary-"))
+    if history:
+        tracker.log_artifact(plot_losses(history, folder / "loss_curves.png"), "plots")
+    best = best_epoch(history)
+    if best is not None:
+        tracker.set_tag("avray.best_epoch", str(int(best["epoch"])))
+    if checkpoint is not None and "://" not in checkpoint:
+        tracker.log_artifact(checkpoint, "checkpoint")
+    counts = skipped.counts()
+    if counts:
+        tracker.log_metrics({f"data/skipped/{reason}": n for reason, n in counts.items()}, step=0)
+    tracker.log_text(skipped.summary(), "skipped_files.txt")
+    tracker.finish()

@@ -1,0 +1,101 @@
+"""Building and running the Ray Train ``TorchTrainer`` for pretraining."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from avray.config import Config
+from avray.data.pipeline import TrainingData, training_data
+from avray.data.report import SkipReport
+from avray.tracking import Tracker, start_pretraining_run
+from avray.train.loop import train_loop_per_worker
+
+RUN_NAME = "pretrain"
+
+
+@dataclass
+class PretrainResult:
+    checkpoint: str | None
+    metrics: dict
+    history: list[dict]
+    skipped: SkipReport
+    tracker: Tracker | None
+    storage: str
+
+
+def scaling(cfg: Config) -> ray.train.ScalingConfig:
+    """Workers = GPUs when the cluster has them, else CPUs / 2 (the other half decodes video)."""
+    resources = ray.cluster_resources()
+    use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else resources.get("GPU", 0) > 0
+    if cfg.train.num_workers is not None:
+        workers = cfg.train.num_workers
+    elif use_gpu:
+        workers = int(resources.get("GPU", 1))
+    else:
+        workers = max(1, int(resources.get("CPU", 1) // (2 * cfg.train.cpus_per_worker)))
+    return ray.train.ScalingConfig(
+        num_workers=workers,
+        use_gpu=use_gpu,
+        resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        placement_strategy=cfg.train.placement_strategy,
+    )
+
+
+def storage_path(output: str) -> str:
+    return output if "://" in output else str(Path(output).resolve())
+
+
+def build_trainer(cfg: Config, data: TrainingData, output: str, tracker: Tracker | None) -> TorchTrainer:
+    scaling_config = scaling(cfg)
+    per_worker = max(1, cfg.train.batch_size // scaling_config.num_workers)
+    steps_per_epoch = (data.num_train_clips // scaling_config.num_workers) // per_worker
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{data.num_train_clips} training clips cannot fill one batch of {per_worker} per worker "
+            f"on {scaling_config.num_workers} workers: lower train.batch_size or add data"
+        )
+    datasets = {"train": data.train, **({"val": data.val} if data.val is not None else {})}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": cfg.to_dict(),
+            "steps_per_epoch": steps_per_epoch,
+            "has_val": data.val is not None,
+            "epoch_clock": data.epoch_clock,
+            "mlflow_uri": tracker.uri if tracker else None,
+            "mlflow_run_id": tracker.run_id if tracker else None,
+        },
+        scaling_config=scaling_config,
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        run_config=ray.train.RunConfig(
+            name=RUN_NAME,
+            storage_path=storage_path(output),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("RAY_TRAIN_")}},
+        ),
+    )
+
+
+def pretrain(cfg: Config, data_uri: str, output: str, track: bool = True) -> PretrainResult:
+    """Pretrain on ``data_uri``; checkpoints and MLflow under ``output``. Re-running resumes."""
+    data = training_data(data_uri, cfg.data)
+    print(f"[avray] {data.num_train_clips} training clips, {data.num_val_clips} held-out clips", flush=True)
+    tracker = start_pretraining_run(cfg, output) if track else None
+    trainer = build_trainer(cfg, data, output, tracker)
+    result = trainer.fit()
+    history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    skipped = data.clips.report()
+    if tracker is not None:
+        from avray.train.report import log_run_summary
+
+        log_run_summary(tracker, history, checkpoint, skipped)
+    return PretrainResult(checkpoint, result.metrics or {}, history, skipped, tracker, storage_path(output))

@@ -1,0 +1,112 @@
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from avray.config import DataConfig
+from avray.data.decode import decode_clip, probe
+from avray.data.media import write_media
+from avray.data.report import EMPTY, NO_VIDEO_STREAM, TOO_SHORT, UNREADABLE, SkipError
+
+CFG = DataConfig()
+
+
+def ramp_video(seconds: float, fps, width=96, height=96):
+    """Frame i is uniformly grey at level 4*i: the decoded level tells which frame was kept."""
+    n = int(round(seconds * float(fps)))
+    levels = (np.arange(n) * 4 % 256).astype(np.uint8)
+    return np.broadcast_to(levels[:, None, None, None], (n, height, width, 3)).copy()
+
+
+def clicks(seconds: float, rate: int, at=(1.0, 2.0, 3.0), channels=1):
+    audio = np.zeros((channels, int(seconds * rate)), np.float32)
+    for t in at:
+        audio[:, int(t * rate) : int(t * rate) + rate // 200] = 0.8
+    return audio if channels > 1 else audio[0]
+
+
+@pytest.fixture(scope="module")
+def pcm_video(tmp_path_factory):
+    """Lossless audio (PCM in .mov) so timing can be checked to the millisecond."""
+    path = tmp_path_factory.mktemp("decode") / "ramp.mov"
+    write_media(path, frames=ramp_video(4.0, 24), audio=clicks(4.0, 22050), fps=24, sample_rate=22050,
+                audio_codec="pcm_s16le")
+    return str(path)
+
+
+def test_clip_row_shapes(pcm_video):
+    clip = decode_clip(pcm_video, 0.5, CFG)
+    assert clip.video.shape == (16, 64, 64, 3) and clip.video.dtype == np.uint8
+    assert clip.audio.shape == (32_000,) and clip.audio.dtype == np.float32
+    assert clip.has_audio
+
+
+@pytest.mark.parametrize("start", [0.0, 0.7, 1.9])
+def test_frames_are_sampled_at_the_clip_rate_from_the_window(pcm_video, start):
+    clip = decode_clip(pcm_video, start, CFG)
+    kept = clip.video[:, 32, 32, 0].astype(int)
+    # Target time t_i = start + i/8 keeps source frame floor(t_i * 24), whose level is 4*index.
+    expected = np.floor((start + np.arange(16) / 8) * 24 + 1e-6).astype(int) * 4 % 256
+    np.testing.assert_allclose(kept, expected, atol=6)  # h264 quantisation
+
+
+@pytest.mark.parametrize("start", [0.0, 0.6, 1.3])
+def test_audio_is_aligned_with_the_window(pcm_video, start):
+    clip = decode_clip(pcm_video, start, CFG)
+    onsets = np.flatnonzero(np.diff((np.abs(clip.audio) > 0.4).astype(int)) == 1) + 1
+    times = start + onsets / CFG.sample_rate
+    expected = [t for t in (1.0, 2.0, 3.0) if start <= t < start + 2.0]
+    np.testing.assert_allclose(times, expected, atol=0.003)
+
+
+def test_aac_mp4_audio_is_resampled_to_mono_16k(tmp_path):
+    path = tmp_path / "stereo.mp4"
+    write_media(path, frames=ramp_video(3.0, 25), audio=clicks(3.0, 44100, channels=2), fps=25, sample_rate=44100)
+    clip = decode_clip(str(path), 0.5, CFG)
+    assert clip.audio.shape == (32_000,)
+    onsets = np.flatnonzero(np.diff((np.abs(clip.audio) > 0.3).astype(int)) == 1) + 1
+    # AAC adds encoder delay; the click must still land within ~50 ms of where it was written.
+    np.testing.assert_allclose(0.5 + onsets / 16_000, [1.0, 2.0], atol=0.05)
+
+
+def test_video_without_audio_gets_silence(tmp_path):
+    path = tmp_path / "mute.mp4"
+    write_media(path, frames=ramp_video(3.0, 24), audio=None, fps=24)
+    assert probe(str(path), CFG).has_audio is False
+    clip = decode_clip(str(path), 0.5, CFG)
+    assert not clip.has_audio and clip.audio.shape == (32_000,) and not clip.audio.any()
+
+
+@pytest.mark.parametrize("width, height", [(160, 48), (48, 160), (98, 62)])
+def test_any_aspect_ratio_becomes_a_centred_square(tmp_path, width, height):
+    frames = np.zeros((60, height, width, 3), np.uint8)
+    # A bright block in the centre and dark borders: the centre crop must keep the block.
+    frames[:, height // 2 - 8 : height // 2 + 8, width // 2 - 8 : width // 2 + 8] = 255
+    path = tmp_path / f"v{width}x{height}.mp4"
+    write_media(path, frames=frames, audio=None, fps=Fraction(30000, 1001))
+    clip = decode_clip(str(path), 0.0, CFG)
+    assert clip.video.shape == (16, 64, 64, 3)
+    assert clip.video[:, 28:36, 28:36].mean() > 200
+    assert clip.video[:, :4, :4].mean() < 40 or min(width, height) == height
+
+
+def test_probe_reports_duration_and_rejects_unusable_files(tmp_path, pcm_video):
+    info = probe(pcm_video, CFG)
+    assert info.duration == pytest.approx(4.0, abs=0.1) and info.fps == pytest.approx(24)
+    cases = {}
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    cases["empty.mp4"] = EMPTY
+    (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(0).bytes(20_000))
+    cases["noise.mp4"] = UNREADABLE
+    good = (tmp_path / "good.mp4")
+    write_media(good, frames=ramp_video(3.0, 24), audio=clicks(3.0, 16000), fps=24, sample_rate=16000)
+    (tmp_path / "truncated.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    cases["truncated.mp4"] = UNREADABLE
+    write_media(tmp_path / "audio_only.mp4", frames=None, audio=clicks(3.0, 16000), sample_rate=16000)
+    cases["audio_only.mp4"] = NO_VIDEO_STREAM
+    write_media(tmp_path / "short.mp4", frames=ramp_video(0.5, 24), audio=None, fps=24)
+    cases["short.mp4"] = TOO_SHORT
+    for name, reason in cases.items():
+        with pytest.raises(SkipError) as err:
+            probe(str(tmp_path / name), CFG)
+        assert err.value.reason == reason, (name, err.value)

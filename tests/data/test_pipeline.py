@@ -1,0 +1,100 @@
+"""The Ray Data pipeline end to end on one corpus holding every kind of bad input."""
+
+import numpy as np
+import pytest
+
+from avray.config import DataConfig
+from avray.data.pipeline import build_clip_index, decode_dataset, load_clips, write_prepared
+from avray.data.sources import SourceError
+from tests.media import make_bad_inputs, make_good_video, make_odd_good_inputs
+
+CFG = DataConfig(clips_per_video=3, decode_batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    for i in range(4):
+        make_good_video(root / "good" / f"v{i}.mp4", seconds=3.0, fps=24, size=80, sample_rate=22050, seed=i)
+    bad = make_bad_inputs(root / "bad")
+    odd = make_odd_good_inputs(root / "odd")
+    return root, {f"{root}/bad/{name}": reason for name, reason in bad.items()}, {f"{root}/odd/{n}" for n in odd}
+
+
+@pytest.fixture(scope="module")
+def index(ray_local, corpus):
+    return build_clip_index(str(corpus[0]), CFG)
+
+
+def test_index_keeps_every_good_video_and_reports_every_bad_one(index, corpus):
+    root, bad, odd = corpus
+    good = {f"{root}/good/v{i}.mp4" for i in range(4)} | odd
+    sources = index.clips.column("source").to_pylist()
+    assert set(sources) == good
+    assert all(sources.count(s) == CFG.clips_per_video for s in good)
+    assert {uri: reason for uri, (reason, _) in index.report.skipped.items()} == bad
+    assert index.report.skipped_clips == CFG.clips_per_video * len(bad)
+    assert set(index.clips.column("label").to_pylist()) == {"good", "odd"}
+    starts = index.clips.column("start").to_pylist()
+    durations = index.clips.column("video_duration").to_pylist()
+    assert all(0 <= s and s + CFG.clip_seconds <= d + 1e-6 for s, d in zip(starts, durations))
+
+
+def test_every_indexed_clip_is_decoded(index):
+    clips = decode_dataset(index, CFG)
+    rows = clips.dataset.take_all()
+    assert sorted(r["clip_id"] for r in rows) == sorted(index.clips.column("clip_id").to_pylist())
+    for row in rows:
+        assert row["video"].shape == (CFG.num_frames, 64, 64, 3) and row["video"].dtype == np.uint8
+        assert row["audio"].shape == (CFG.num_samples,) and row["audio"].dtype == np.float32
+    report = clips.report()
+    assert report.skipped == index.report.skipped  # decoding found nothing new to skip
+    silent = {uri for uri in report.silent_videos}
+    assert silent and all("odd" in uri for uri in silent)
+
+
+def test_random_sampling_redraws_offsets_per_epoch(index):
+    cfg = DataConfig(clips_per_video=3, sampling="random", seed=7)
+    epoch0, again, epoch1 = index.for_epoch(cfg, 0), index.for_epoch(cfg, 0), index.for_epoch(cfg, 1)
+    assert epoch0.column("start").to_pylist() == again.column("start").to_pylist()
+    assert epoch0.column("start").to_pylist() != epoch1.column("start").to_pylist()
+    assert epoch0.column("clip_id").to_pylist() != epoch1.column("clip_id").to_pylist()
+    for table in (epoch0, epoch1):
+        for s, d in zip(table.column("start").to_pylist(), table.column("video_duration").to_pylist()):
+            assert 0 <= s <= d - cfg.clip_seconds
+
+
+def test_prepared_shards_round_trip(index, tmp_path):
+    clips = decode_dataset(index, CFG)
+    report = write_prepared(clips, str(tmp_path / "prepared"), CFG)
+    assert report.skipped == index.report.skipped
+    reread = load_clips(str(tmp_path / "prepared"), CFG).dataset.take_all()
+    direct = {r["clip_id"]: r for r in decode_dataset(index, CFG).dataset.take_all()}
+    assert {r["clip_id"] for r in reread} == set(direct)
+    for row in reread:
+        np.testing.assert_array_equal(row["video"], direct[row["clip_id"]]["video"])
+        np.testing.assert_array_equal(row["audio"], direct[row["clip_id"]]["audio"])
+        assert row["label"] == direct[row["clip_id"]]["label"]
+    with pytest.raises(SourceError, match="frame_size"):
+        load_clips(str(tmp_path / "prepared"), DataConfig(frame_size=32))
+
+
+def test_a_corpus_of_only_bad_files_fails_clearly(ray_local, tmp_path):
+    make_bad_inputs(tmp_path)
+    with pytest.raises(SourceError, match="every video was skipped"):
+        decode_dataset(build_clip_index(str(tmp_path), CFG), CFG)
+
+
+def test_epoch_clock_gives_each_epoch_fresh_offsets_in_one_dataset(index, ray_local):
+    """Ray Train re-reads one dataset every epoch; the clock makes each read a new epoch's clips."""
+    from avray.data.pipeline import EpochClock
+
+    cfg = DataConfig(clips_per_video=3, decode_batch_size=4, sampling="random", seed=3)
+    clock = EpochClock.remote()
+    dataset = decode_dataset(index, cfg, epoch_clock=clock).dataset
+    seen = {}
+    for epoch in (0, 1):
+        ray_local.get(clock.set.remote(epoch))
+        seen[epoch] = sorted(r["clip_id"] for r in dataset.take_all())
+        assert seen[epoch] == sorted(index.for_epoch(cfg, epoch).column("clip_id").to_pylist())
+    assert seen[0] != seen[1]

@@ -1,0 +1,60 @@
+import pytest
+
+from avray.config import Config, ConfigError, load_config, with_overrides
+
+
+def test_defaults_match_the_clip_contract():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    assert cfg.data.num_frames == 16 and cfg.data.frame_size == 64
+    assert cfg.data.num_samples == 32_000
+    assert list(cfg.objectives.enabled()) == ["infonce"]
+
+
+def test_yaml_and_overrides_are_typed(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 3\nobjectives:\n  xdc:\n    weight: 0.5\n")
+    cfg = load_config(path, ["train.lr=0.01", "data.extensions=.mp4,.mkv", "train.use_gpu=false",
+                             "data.decode_concurrency=null"])
+    assert cfg.train.epochs == 3 and cfg.train.lr == 0.01
+    assert cfg.objectives.xdc.weight == 0.5 and set(cfg.objectives.enabled()) == {"infonce", "xdc"}
+    assert cfg.data.extensions == (".mp4", ".mkv")
+    assert cfg.train.use_gpu is False and cfg.data.decode_concurrency is None
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochz=3", "unknown config key train.epochz"),
+        ("trian.epochs=3", "unknown config key trian"),
+        ("train.epochs=three", "train.epochs must be an integer"),
+        ("train.epochs=0", "train.epochs must be >= 1"),
+        ("objectives.xdc.variant=bogus", "objectives.xdc.variant must be one of"),
+        ("objectives.infonce.weight=0", "at least one of objectives"),
+        ("data.sampling=sometimes", "data.sampling must be one of"),
+        ("train.epochs", "--set expects key=value"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_missing_or_broken_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_with_overrides_round_trips_and_revalidates():
+    cfg = load_config()
+    changed = with_overrides(cfg, {"objectives.dcca.weight": 0.3, "train.lr": 0.5})
+    assert changed.objectives.dcca.weight == 0.3 and changed.train.lr == 0.5
+    assert cfg.train.lr != 0.5  # frozen original untouched
+    with pytest.raises(ConfigError):
+        with_overrides(cfg, {"train.nope": 1})
+    assert load_config(None, [f"{k}={v}" for k, v in changed.flat().items() if v is not None and not isinstance(v, list)]) \
+        .flat() == changed.flat()

@@ -1,0 +1,128 @@
+"""Pretraining on real Ray Train workers: MLflow, checkpoints, resume, a killed worker, two nodes."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import psutil
+import pytest
+
+from avray.config import load_config
+from avray.train.checkpoint import load_model, load_state
+from avray.train.trainer import pretrain
+from tests.media import make_good_video
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "model.video_width=8", "model.video_depth=2", "model.audio_width=8", "model.audio_depth=2",
+    "model.embed_dim=16", "model.fused_dim=16", "model.n_mels=32", "model.n_fft=256",
+    "data.clips_per_video=2", "data.val_fraction=0.25", "data.decode_batch_size=4",
+    "data.cpus_per_decode_task=0.5", "train.cpus_per_worker=0.5",
+    "train.batch_size=4", "train.warmup_epochs=0", "tune.zipf_clusters=2",
+]
+
+
+def tiny_config(tmp: Path, *extra: str):
+    return load_config(None, [*TINY, f"tracking.tracking_uri=sqlite:///{tmp}/mlflow.db", *extra])
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-corpus")
+    for i in range(8):
+        make_good_video(root / "ab"[i % 2] / f"v{i}.mp4", seconds=2.5, fps=12, size=48, sample_rate=16000, seed=i)
+    return str(root)
+
+
+def test_pretrain_logs_to_mlflow_and_resumes(ray_local, corpus, tmp_path):
+    cfg = tiny_config(tmp_path, "train.epochs=2", "train.num_workers=1")
+    result = pretrain(cfg, corpus, str(tmp_path / "run"))
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    steps_per_epoch = result.history[0]["global_step"]
+    assert steps_per_epoch > 0 and result.history[1]["global_step"] == 2 * steps_per_epoch
+    assert "val/elo_fitness" in result.metrics and "val/knn_accuracy" in result.metrics
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.get_run(result.tracker.run_id)
+    assert run.data.params["train.epochs"] == "2" and run.data.params["objectives.infonce.weight"] == "1.0"
+    for key in ("loss", "loss/infonce", "clips_per_s", "val/elo_fitness"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "plots", "checkpoint"} <= artifacts
+    assert run.info.status == "FINISHED"
+
+    model, saved_cfg = load_model(result.checkpoint)
+    assert saved_cfg.model == cfg.model and sum(p.numel() for p in model.parameters()) > 0
+
+    # The same command with more epochs picks up where the first stopped: same run, one more epoch.
+    longer = tiny_config(tmp_path, "train.epochs=3", "train.num_workers=1")
+    resumed = pretrain(longer, corpus, str(tmp_path / "run"))
+    assert resumed.tracker.run_id == result.tracker.run_id
+    # The history opens with the restored checkpoint's report; only epoch 3 was trained.
+    assert [(h["epoch"], h["global_step"]) for h in resumed.history] == [(2, 2 * steps_per_epoch),
+                                                                         (3, 3 * steps_per_epoch)]
+
+
+def _train_workers() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "RayTrainWorker" in cmdline and "ray::" in cmdline:
+            found.append(proc)
+    return found
+
+
+def test_a_killed_worker_resumes_from_checkpoint_with_the_same_step_count(ray_local, corpus, tmp_path):
+    reference = pretrain(tiny_config(tmp_path, "train.epochs=3", "train.num_workers=2"), corpus,
+                         str(tmp_path / "reference"), track=False)
+    expected_steps = reference.history[-1]["global_step"]
+
+    output = tmp_path / "faulty"
+    killed = []
+
+    def kill_after_first_checkpoint():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            if list(output.glob("pretrain/checkpoint_*/state.pt")):
+                workers = _train_workers()
+                if len(workers) == 2:
+                    time.sleep(0.5)  # into the next epoch
+                    os.kill(workers[-1].pid, signal.SIGKILL)
+                    killed.append(workers[-1].pid)
+                    return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    killer.start()
+    result = pretrain(tiny_config(tmp_path, "train.epochs=3", "train.num_workers=2", "train.max_failures=2"),
+                      corpus, str(output), track=False)
+    killer.join()
+    assert killed, "no training worker was killed: the fault was never injected"
+    assert result.history[-1]["epoch"] == 3
+    assert result.history[-1]["global_step"] == expected_steps
+    assert load_state(Path(result.checkpoint))["global_step"] == expected_steps
+
+
+def test_pretrain_cli_bad_config_fails_before_work(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "workflows/pretrain.py", "--data", str(tmp_path), "--output", str(tmp_path / "o"),
+         "--set", "train.epochz=1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("error: unknown config key train.epochz")
+    assert not (tmp_path / "o").exists()
+
+
+def test_training_spans_two_nodes(ray_two_nodes, corpus, tmp_path):
+    cfg = tiny_config(tmp_path, "train.epochs=1", "train.num_workers=2", "train.placement_strategy=SPREAD")
+    result = pretrain(cfg, corpus, str(tmp_path / "two-nodes"), track=False)
+    assert result.metrics["num_nodes"] == 2 and result.metrics["world_size"] == 2
+    assert result.history[-1]["global_step"] > 0

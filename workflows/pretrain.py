@@ -1,0 +1,35 @@
+"""Pretrain audio and video encoders and a fused embedding on a video corpus.
+
+    python workflows/pretrain.py --data SRC --output DIR [--config YAML] [--set k=v ...]
+
+Locally this starts an embedded Ray sized to the machine and logs to MLflow in
+``sqlite:///DIR/mlflow.db`` (unless ``MLFLOW_TRACKING_URI`` is set). On a cluster:
+
+    ray job submit --working-dir . -- python workflows/pretrain.py --data s3://... --output s3://...
+
+Re-running the same command resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+from avray import cli
+from avray.tracking import ui_command
+from avray.train.trainer import pretrain
+
+
+def main(argv=None) -> int:
+    args = cli.parser(__doc__).parse_args(argv)
+    cfg = cli.load(args)
+    cli.init_ray(args.ray_address)
+    result = pretrain(cfg, args.data, args.output)
+    final = {k: v for k, v in result.metrics.items() if k.startswith(("loss", "val/", "clips_per_s"))}
+    print("[avray] done: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(final.items()) if isinstance(v, float)))
+    print(f"[avray] checkpoint: {result.checkpoint}")
+    print("[avray] " + result.skipped.summary().replace("\n", "\n[avray] "))
+    if result.tracker is not None:
+        print(f"[avray] MLflow run {result.tracker.run_id}: {ui_command(result.tracker.uri)}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

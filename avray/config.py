@@ -143,6 +143,12 @@ class InfoNCEConfig:
 
 
 @dataclass(frozen=True)
+class FusedContrastiveConfig:
+    weight: float = 0.5
+    temperature: float = 0.07
+
+
+@dataclass(frozen=True)
 class XDCConfig:
     weight: float = 0.0
     variant: Literal["cross", "self", "multi", "concat"] = "cross"
@@ -181,6 +187,7 @@ class ObjectivesConfig:
     """The loss mixture L = sum_i weight_i * L_i (avray.objectives)."""
 
     infonce: InfoNCEConfig = field(default_factory=InfoNCEConfig)
+    fused: FusedContrastiveConfig = field(default_factory=FusedContrastiveConfig)
     xdc: XDCConfig = field(default_factory=XDCConfig)
     cluster_contrastive: ClusterContrastiveConfig = field(default_factory=ClusterContrastiveConfig)
     dcca: DCCAConfig = field(default_factory=DCCAConfig)
@@ -204,6 +211,7 @@ class ObjectivesConfig:
             _check(getattr(self, name).weight >= 0, f"objectives.{name}.weight must be >= 0")
         _check(bool(self.enabled()), f"at least one of objectives.{{{','.join(terms)}}}.weight must be > 0")
         _check(self.infonce.temperature > 0, "objectives.infonce.temperature must be > 0")
+        _check(self.fused.temperature > 0, "objectives.fused.temperature must be > 0")
         _check(0 < self.infonce.min_temperature <= self.infonce.temperature,
                "objectives.infonce.min_temperature must be in (0, objectives.infonce.temperature]")
         _check(self.xdc.num_clusters >= 2, "objectives.xdc.num_clusters must be >= 2")

@@ -8,7 +8,7 @@ def test_defaults_match_the_clip_contract():
     assert isinstance(cfg, Config)
     assert cfg.data.num_frames == 16 and cfg.data.frame_size == 64
     assert cfg.data.num_samples == 32_000
-    assert list(cfg.objectives.enabled()) == ["infonce"]
+    assert list(cfg.objectives.enabled()) == ["infonce", "fused"]
 
 
 def test_yaml_and_overrides_are_typed(tmp_path):
@@ -17,7 +17,7 @@ def test_yaml_and_overrides_are_typed(tmp_path):
     cfg = load_config(path, ["train.lr=0.01", "data.extensions=.mp4,.mkv", "train.use_gpu=false",
                              "data.decode_concurrency=null"])
     assert cfg.train.epochs == 3 and cfg.train.lr == 0.01
-    assert cfg.objectives.xdc.weight == 0.5 and set(cfg.objectives.enabled()) == {"infonce", "xdc"}
+    assert cfg.objectives.xdc.weight == 0.5 and set(cfg.objectives.enabled()) == {"infonce", "fused", "xdc"}
     assert cfg.data.extensions == (".mp4", ".mkv")
     assert cfg.train.use_gpu is False and cfg.data.decode_concurrency is None
 
@@ -30,7 +30,7 @@ def test_yaml_and_overrides_are_typed(tmp_path):
         ("train.epochs=three", "train.epochs must be an integer"),
         ("train.epochs=0", "train.epochs must be >= 1"),
         ("objectives.xdc.variant=bogus", "objectives.xdc.variant must be one of"),
-        ("objectives.infonce.weight=0", "at least one of objectives"),
+        ("objectives.infonce.weight=-1", "objectives.infonce.weight must be >= 0"),
         ("data.sampling=sometimes", "data.sampling must be one of"),
         ("train.epochs", "--set expects key=value"),
     ],
@@ -38,6 +38,11 @@ def test_yaml_and_overrides_are_typed(tmp_path):
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace(".", r"\.")):
         load_config(None, [override])
+
+
+def test_an_empty_mixture_is_refused():
+    with pytest.raises(ConfigError, match="at least one of objectives"):
+        load_config(None, ["objectives.infonce.weight=0", "objectives.fused.weight=0"])
 
 
 def test_missing_or_broken_yaml(tmp_path):

@@ -204,7 +204,7 @@ def read_prepared(uri: str, cfg: DataConfig) -> Clips:
     if mismatched:
         details = ", ".join(f"{k}: shards {meta['data'].get(k)} vs config {getattr(cfg, k)}" for k in mismatched)
         raise SourceError(f"prepared clips at {uri!r} do not match the config ({details}); re-run prepare.py")
-    dataset = ray.data.read_parquet(path, filesystem=fs, file_extensions=["parquet"])
+    dataset = ray.data.read_parquet(path, filesystem=fs, file_extensions=["parquet"], num_cpus=cfg.cpus_per_decode_task)
     return Clips(dataset)
 
 

@@ -7,6 +7,7 @@ pure functions and modules are public for tests, notebooks and other mixtures.
 from avray.objectives.base import Objective
 from avray.objectives.cluster_contrastive import ClusterContrastive, cluster_contrastive_loss
 from avray.objectives.dcca import DCCA, canonical_correlations, dcca_loss
+from avray.objectives.fused import FusedContrastive
 from avray.objectives.infonce import InfoNCE, infonce_loss
 from avray.objectives.kmeans import KMeansResult, kmeans, kmeans_plusplus
 from avray.objectives.mixture import OBJECTIVES, LossMixture, MixtureResult, NonFiniteLossError
@@ -18,6 +19,7 @@ __all__ = [
     "VARIANT_TERMS",
     "ClusterContrastive",
     "DCCA",
+    "FusedContrastive",
     "InfoNCE",
     "KMeansResult",
     "LossMixture",

@@ -20,6 +20,7 @@ from avray.config import ObjectivesConfig
 from avray.objectives.base import Objective
 from avray.objectives.cluster_contrastive import ClusterContrastive
 from avray.objectives.dcca import DCCA
+from avray.objectives.fused import FusedContrastive
 from avray.objectives.infonce import InfoNCE
 from avray.objectives.sdl import SDL
 from avray.objectives.xdc import XDC
@@ -27,6 +28,7 @@ from avray.objectives.xdc import XDC
 # Config section name -> objective class (each has from_config(section, dims, gather_distributed)).
 OBJECTIVES: dict[str, type[Objective]] = {
     "infonce": InfoNCE,
+    "fused": FusedContrastive,
     "xdc": XDC,
     "cluster_contrastive": ClusterContrastive,
     "dcca": DCCA,

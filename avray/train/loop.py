@@ -127,9 +127,11 @@ def _recluster(core: Pretrainer, shard, cfg: Config, device: torch.device) -> di
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
     mine = videos[rank::world]
+    dims = core.model.output_dims
     features = {
-        key.removesuffix("_features"): torch.tensor(
-            np.stack([merged_sums[v][key] / merged_counts[v] for v in mine]), dtype=torch.float32, device=device
+        key: torch.tensor(
+            np.array([merged_sums[v][key] / merged_counts[v] for v in mine]).reshape(len(mine), dims[key]),
+            dtype=torch.float32, device=device,
         )
         for key in ("video_features", "audio_features")
     }
@@ -227,6 +229,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             ray.get(epoch_clock.set.remote(epoch))
         if xdc and (epoch % cfg.objectives.xdc.recluster_every_epochs == 0 or not pseudo_labels):
             pseudo_labels = _recluster(core, train_shard, cfg, device)
+            # New clusters are numbered arbitrarily and the heads were re-initialised:
+            # Adam's moments for the old heads would push the new ones the wrong way.
+            for param in core.mixture.objectives["xdc"].parameters():
+                optimizer.state.pop(param, None)
         epoch_start = time.perf_counter()
         totals: dict[str, float] = {}
         steps = clips = 0

@@ -3,20 +3,21 @@ import math
 import pytest
 import torch
 
-from avray.config import (ClusterContrastiveConfig, ConfigError, DCCAConfig, InfoNCEConfig, ObjectivesConfig,
-                          SDLConfig, XDCConfig, with_overrides, Config)
+from avray.config import (ClusterContrastiveConfig, ConfigError, DCCAConfig, FusedContrastiveConfig, InfoNCEConfig,
+                          ObjectivesConfig, SDLConfig, XDCConfig, with_overrides, Config)
 from avray.objectives import LossMixture, NonFiniteLossError
 from avray.objectives.distributed import rank
 from tests.objectives.tiny import DIMS, TinyModel, assert_same_step, make_inputs, rows, step
 
 ALL = ObjectivesConfig(
     infonce=InfoNCEConfig(weight=1.0, learnable_temperature=True),
+    fused=FusedContrastiveConfig(weight=0.75),
     xdc=XDCConfig(weight=0.5, num_clusters=3),
     cluster_contrastive=ClusterContrastiveConfig(weight=0.25, num_clusters=3),
     dcca=DCCAConfig(weight=0.1),
     sdl=SDLConfig(weight=2.0),
 )
-NAMES = ["infonce", "xdc", "cluster_contrastive", "dcca", "sdl"]
+NAMES = ["infonce", "fused", "xdc", "cluster_contrastive", "dcca", "sdl"]
 
 
 def _outputs(n=8, seed=0):
@@ -29,10 +30,10 @@ def _xdc_targets(n=8):
 
 
 def test_holds_only_weighted_objectives():
-    assert list(LossMixture.from_config(ObjectivesConfig(), DIMS).objectives) == ["infonce"]
+    assert list(LossMixture.from_config(ObjectivesConfig(), DIMS).objectives) == ["infonce", "fused"]
     mixture = LossMixture.from_config(ALL, DIMS)
     assert list(mixture.objectives) == NAMES
-    assert mixture.weights == {"infonce": 1.0, "xdc": 0.5, "cluster_contrastive": 0.25, "dcca": 0.1, "sdl": 2.0}
+    assert mixture.weights == {"infonce": 1.0, "fused": 0.75, "xdc": 0.5, "cluster_contrastive": 0.25, "dcca": 0.1, "sdl": 2.0}
 
 
 def test_total_is_the_weighted_sum_of_the_unweighted_terms():

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from avray.objectives.distributed import is_distributed, world_size
 
-DIMS = {"video_features": 6, "audio_features": 5, "video": 4, "audio": 4, "fused": 9}
+DIMS = {"video_features": 6, "audio_features": 5, "video": 4, "audio": 4, "fused": 11}
 INPUT_DIMS = {"video": 7, "audio": 3}
 
 

@@ -1,0 +1,109 @@
+"""Training benchmark: the Ray Train loop against a plain PyTorch loop, in one run.
+
+Both train the same model with the same global batch for the same number of steps on the
+same clips, decoded once beforehand (``prepare``): (a) a plain single-process loop over
+clips held in memory as tensors, (b) avray's Ray Train loop, its worker streaming the
+prepared shards through Ray Data. The ratio b/a is what Ray and the data plane cost.
+
+Resources are matched: the plain loop uses every core for PyTorch; the Ray worker reserves
+every core too (so PyTorch gets the same threads), and Ray Data reads shards with a
+fractional CPU, as data tasks on a GPU node use the CPUs that training leaves free.
+
+    python workflows/bench_train.py [--videos 100] [--epochs 3] [--json bench_train.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+
+from avray import cli
+from avray.config import load_config
+from avray.data.demo_corpus import make_demo_corpus
+from avray.data.pipeline import build_clip_index, decode_dataset, load_clips, write_prepared
+from avray.models import build_model
+from avray.objectives import LossMixture
+from avray.train.trainer import pretrain
+
+
+def plain_loop(cfg, clips: dict[str, np.ndarray], epochs: int) -> float:
+    """clips/s of a single-process loop over in-memory tensors (the same step as avray's)."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, cfg.data)
+    mixture = LossMixture.from_config(cfg.objectives, model.output_dims)
+    params = list(model.parameters()) + list(mixture.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    video, audio = torch.from_numpy(clips["video"]), torch.from_numpy(clips["audio"])
+    batch = cfg.train.batch_size
+    steps = len(video) // batch
+    seen, elapsed = 0, 0.0
+    for epoch in range(epochs):
+        order = torch.randperm(len(video))
+        start = time.perf_counter()
+        for step in range(steps):
+            idx = order[step * batch : (step + 1) * batch]
+            result = mixture(model(video[idx], audio[idx]))
+            optimizer.zero_grad(set_to_none=True)
+            result.total.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+            optimizer.step()
+            seen += batch
+        if epoch > 0:  # the first epoch warms up allocators and caches, as Ray's does
+            elapsed += time.perf_counter() - start
+    return seen * (epochs - 1) / epochs / elapsed
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--videos", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--json", dest="json_path", default=None)
+    args = p.parse_args(argv)
+
+    cores = os.cpu_count() or 1
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="avray-bench-train-"))
+    cfg = load_config(None, [
+        f"train.epochs={args.epochs}", "train.num_workers=1", f"train.cpus_per_worker={cores}",
+        "data.cpus_per_decode_task=0.25", "data.val_fraction=0", "train.warmup_epochs=0",
+    ])
+    # One logical CPU beyond the cores, so shard reading can run beside a worker that holds them all.
+    cli.init_ray(None, num_cpus=cores + 1)
+    corpus = workdir / "corpus"
+    if not (corpus / ".complete").exists():
+        print(f"generating {args.videos} demo videos ...", flush=True)
+        make_demo_corpus(corpus, videos=args.videos, seed=0)
+        (corpus / ".complete").touch()
+    prepared = workdir / "prepared"
+    if not (prepared / "_avray_clips.json").exists():
+        write_prepared(decode_dataset(build_clip_index(str(corpus), cfg.data), cfg.data), str(prepared), cfg.data)
+    rows = load_clips(str(prepared), cfg.data).dataset.take_all()
+    clips = {k: np.stack([r[k] for r in rows]) for k in ("video", "audio")}
+    print(f"{len(rows)} clips, global batch {cfg.train.batch_size}, {args.epochs} epochs, {cores} cores")
+
+    plain = plain_loop(cfg, clips, args.epochs)
+    result = pretrain(cfg, str(prepared), str(workdir / "ray-train"), track=False)
+    # Same accounting as the plain loop: epochs after the first.
+    later = [h for h in result.history if h["epoch"] > 1]
+    ray_train = sum(h["clips_per_s"] * h["epoch_seconds"] for h in later) / sum(h["epoch_seconds"] for h in later)
+    figures = {"clips_per_s": {"ray_train": ray_train, "plain": plain},
+               "ratio": {"ray_train_vs_plain": ray_train / plain}}
+    print(f"(a) plain PyTorch loop, in-memory clips : {plain:8.1f} clips/s")
+    print(f"(b) Ray Train + Ray Data, streaming      : {ray_train:8.1f} clips/s")
+    print(f"ratio b/a = {ray_train / plain:.2f}")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(figures, indent=2))
+    ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -79,9 +79,19 @@ def _train_workers() -> list[psutil.Process]:
     return found
 
 
+# Every objective at once, so the distributed run also exercises XDC's re-clustering and its
+# cluster state surviving a restart.
+EVERY_OBJECTIVE = (
+    "train.epochs=3", "train.num_workers=2", "objectives.xdc.weight=0.5", "objectives.xdc.num_clusters=2",
+    "objectives.cluster_contrastive.weight=0.3", "objectives.cluster_contrastive.num_clusters=2",
+    "objectives.dcca.weight=0.1", "objectives.sdl.weight=0.1",
+)
+
+
 def test_a_killed_worker_resumes_from_checkpoint_with_the_same_step_count(ray_local, corpus, tmp_path):
-    reference = pretrain(tiny_config(tmp_path, "train.epochs=3", "train.num_workers=2"), corpus,
-                         str(tmp_path / "reference"), track=False)
+    reference = pretrain(tiny_config(tmp_path, *EVERY_OBJECTIVE), corpus, str(tmp_path / "reference"), track=False)
+    assert {"loss/infonce", "loss/fused", "loss/xdc", "loss/cluster_contrastive", "loss/dcca", "loss/sdl"} \
+        <= set(reference.metrics)
     expected_steps = reference.history[-1]["global_step"]
 
     output = tmp_path / "faulty"
@@ -101,8 +111,7 @@ def test_a_killed_worker_resumes_from_checkpoint_with_the_same_step_count(ray_lo
 
     killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
     killer.start()
-    result = pretrain(tiny_config(tmp_path, "train.epochs=3", "train.num_workers=2", "train.max_failures=2"),
-                      corpus, str(output), track=False)
+    result = pretrain(tiny_config(tmp_path, *EVERY_OBJECTIVE, "train.max_failures=2"), corpus, str(output), track=False)
     killer.join()
     assert killed, "no training worker was killed: the fault was never injected"
     assert result.history[-1]["epoch"] == 3

@@ -26,8 +26,12 @@ def tracking_uri(cfg: TrackingConfig, output: str) -> str:
         return cfg.tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    local = output if "://" not in output else "."
-    return f"sqlite:///{Path(local).resolve() / 'mlflow.db'}"
+    if "://" in output:
+        # sqlite cannot live on object storage; on a cluster the working dir is a temporary copy.
+        logger.warning("output %s is remote and no MLflow tracking URI is set: logging to ./mlflow.db, "
+                       "which a Ray job's temporary working dir loses; set MLFLOW_TRACKING_URI", output)
+        return f"sqlite:///{Path('mlflow.db').resolve()}"
+    return f"sqlite:///{Path(output).resolve() / 'mlflow.db'}"
 
 
 def ui_command(uri: str) -> str:

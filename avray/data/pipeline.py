@@ -30,6 +30,28 @@ from avray.data.stages import clip_id, clip_starts, decode_clips, probe_videos, 
 CLIP_SHAPE_KEYS = ("clip_seconds", "fps", "frame_size", "sample_rate")
 
 
+def held_out_sources(sources: list[str], labels: list, val_fraction: float, seed: int) -> set[str]:
+    """The videos kept for validation: ``val_fraction`` of each label's videos, stratified.
+
+    Within a label, videos are ranked by a seeded hash of their path, so the choice is
+    reproducible and needs no shared RNG. Every label with two or more videos gives at least
+    one and keeps at least one for training: a small corpus still gets a usable validation set
+    (a plain per-video coin flip can leave it empty or single-class).
+    """
+    if val_fraction <= 0:
+        return set()
+    by_label: dict = {}
+    for source, label in zip(sources, labels):
+        by_label.setdefault(label, set()).add(source)
+    held_out: set[str] = set()
+    for videos in by_label.values():
+        if len(videos) < 2:
+            continue
+        ranked = sorted(videos, key=lambda s: video_unit(s, seed))
+        held_out.update(ranked[:min(len(ranked) - 1, max(1, round(val_fraction * len(ranked))))])
+    return held_out
+
+
 def _parallelism(cfg: DataConfig) -> int:
     return cfg.decode_concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
@@ -67,8 +89,8 @@ class ClipIndex:
     def split(self, val_fraction: float, seed: int) -> tuple["ClipIndex", "ClipIndex"]:
         """(train, validation) by source video, so clips of one video never sit on both sides."""
         sources = self.clips.column("source").to_pylist()
-        held_out = [video_unit(s, seed) < val_fraction for s in sources]
-        mask = pa.array(held_out, pa.bool_())
+        held_out = held_out_sources(sources, self.clips.column("label").to_pylist(), val_fraction, seed)
+        mask = pa.array([s in held_out for s in sources], pa.bool_())
         return (ClipIndex(self.clips.filter(pc.invert(mask)), self.report),
                 ClipIndex(self.clips.filter(mask), SkipReport()))
 
@@ -251,8 +273,8 @@ class TrainingData:
     epoch_clock: ray.actor.ActorHandle | None = None
 
 
-def _keep_split(batch: dict, seed: int, val_fraction: float, held_out: bool) -> dict:
-    mask = np.array([(video_unit(s, seed) < val_fraction) == held_out for s in batch["source"]], dtype=bool)
+def _keep_split(batch: dict, held_out_videos: set[str], held_out: bool) -> dict:
+    mask = np.array([(s in held_out_videos) == held_out for s in batch["source"]], dtype=bool)
     return {k: v[mask] for k, v in batch.items()}
 
 
@@ -265,11 +287,12 @@ def training_data(uri: str, cfg: DataConfig) -> TrainingData:
     if is_prepared(uri, cfg.endpoint_override):
         clips = read_prepared(uri, cfg)
         fs, path = filesystem_for(uri, cfg.endpoint_override)
-        sources = pads.dataset(path, filesystem=fs, format="parquet") \
-            .to_table(columns=["source"]).column("source").to_pylist()
-        n_val = sum(video_unit(s, cfg.seed) < cfg.val_fraction for s in sources)
+        rows = pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=["source", "label"])
+        sources = rows.column("source").to_pylist()
+        held_out_videos = held_out_sources(sources, rows.column("label").to_pylist(), cfg.val_fraction, cfg.seed)
+        n_val = sum(s in held_out_videos for s in sources)
         split = lambda held_out: clips.dataset.map_batches(  # noqa: E731
-            _keep_split, fn_kwargs={"seed": cfg.seed, "val_fraction": cfg.val_fraction, "held_out": held_out},
+            _keep_split, fn_kwargs={"held_out_videos": held_out_videos, "held_out": held_out},
             batch_format="numpy")
         return TrainingData(split(False), split(True) if n_val else None, len(sources) - n_val, n_val, clips)
     index = build_clip_index(uri, cfg)

@@ -25,6 +25,8 @@ PROBE_COLUMNS = ("source", "label", "duration", "has_audio", "width", "height", 
 def probe_videos(batch: dict[str, np.ndarray], cfg: DataConfig) -> dict[str, np.ndarray]:
     rows: dict[str, list] = {name: [] for name in PROBE_COLUMNS}
     for uri, label in zip(batch["uri"], batch["label"]):
+        # Unlabelled corpora give an all-null column, which reaches us as float NaN.
+        label = label if isinstance(label, str) else None
         try:
             info = probe(str(uri), cfg)
             values = (info.duration, info.has_audio, info.width, info.height, info.fps, "", "")

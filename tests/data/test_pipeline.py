@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from avray.config import DataConfig
-from avray.data.pipeline import build_clip_index, decode_dataset, load_clips, write_prepared
+from avray.data.pipeline import build_clip_index, decode_dataset, held_out_sources, load_clips, write_prepared
 from avray.data.sources import SourceError
 from tests.media import make_bad_inputs, make_good_video, make_odd_good_inputs
 
@@ -98,3 +98,24 @@ def test_epoch_clock_gives_each_epoch_fresh_offsets_in_one_dataset(index, ray_lo
         seen[epoch] = sorted(r["clip_id"] for r in dataset.take_all())
         assert seen[epoch] == sorted(index.for_epoch(cfg, epoch).column("clip_id").to_pylist())
     assert seen[0] != seen[1]
+
+
+def test_a_flat_folder_gives_unlabelled_clips(ray_local, tmp_path):
+    for i in range(2):
+        make_good_video(tmp_path / f"v{i}.mp4", seconds=2.0, fps=12, size=48, sample_rate=16000, seed=i)
+    index = build_clip_index(str(tmp_path), CFG)
+    assert index.clips.num_rows == 2 * CFG.clips_per_video
+    assert index.clips.column("label").to_pylist() == [None] * index.clips.num_rows
+
+
+def test_validation_split_is_stratified_by_label_and_keeps_videos_whole():
+    sources = [f"/c/{label}/v{i}.mp4" for label in "ab" for i in range(10) for _ in range(3)]
+    labels = [s.split("/")[2] for s in sources]
+    held_out = held_out_sources(sources, labels, 0.2, seed=0)
+    assert sorted(s.split("/")[2] for s in held_out) == ["a", "a", "b", "b"]
+    assert held_out == held_out_sources(list(reversed(sources)), list(reversed(labels)), 0.2, seed=0)
+    assert held_out != held_out_sources(sources, labels, 0.2, seed=1)
+    # Tiny corpora still get one held-out video per label, and keep one for training.
+    assert len(held_out_sources(["x", "y"], [None, None], 0.01, seed=0)) == 1
+    assert held_out_sources(["x", "y"], [None, None], 0.0, seed=0) == set()
+    assert held_out_sources(["x"], ["a"], 0.5, seed=0) == set()

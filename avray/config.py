@@ -104,12 +104,22 @@ class ModelConfig:
     # Space-Time Crop & Attend: random feature-level crop/mask during training.
     crop_attend: bool = False
     mask_ratio: float = 0.25
+    # "features": train heads and fusion only, on frozen encoders' features
+    # (workflows/extract_features.py); pretrain.py sets this and the widths from the shards.
+    inputs: Literal["clips", "features"] = "clips"
+    video_feature_dim: int = 0
+    audio_feature_dim: int = 0
 
     def validate(self) -> None:
         for name in ("video_width", "video_depth", "audio_width", "audio_depth", "n_mels",
                      "n_fft", "hop_length", "embed_dim", "fused_dim", "attention_heads"):
             _check(getattr(self, name) >= 1, f"model.{name} must be >= 1")
         _check(0.0 <= self.mask_ratio < 1.0, "model.mask_ratio must be in [0, 1)")
+        if self.inputs == "features":
+            _check(self.video_feature_dim >= 1 and self.audio_feature_dim >= 1,
+                   "model.inputs=features needs model.video_feature_dim and model.audio_feature_dim >= 1 "
+                   "(pretrain.py reads them from feature shards)")
+            _check(not self.crop_attend, "model.crop_attend works on clips, not on frozen features")
         _check(
             self.fusion != "cross_attention" or self.fused_dim % self.attention_heads == 0,
             "model.fused_dim must be divisible by model.attention_heads for cross_attention",
@@ -276,12 +286,24 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """Ray Tune search over the loss mixture (avray.tune)."""
+    """Ray Tune search over the loss mixture (avray.tune): the genome is the λ in [0, 1] of
+    every objective enabled in ``objectives`` (optionally also the learning rate and the
+    InfoNCE temperature)."""
 
     scheduler: Literal["pbt", "pb2", "asha", "fifo"] = "pbt"
     search_alg: Literal["random", "optuna", "hyperopt"] = "random"
     num_samples: int = 4
+    # Epochs between PBT/PB2 exploit-and-explore rounds.
     perturbation_interval: int = 1
+    # PBT: the bottom fraction of trials copies the top fraction (0 < f <= 0.5).
+    quantile_fraction: float = 0.25
+    # PBT/PB2: wait for every trial at each round (fair with few trials or few resources).
+    synchronous: bool = True
+    # ASHA: epochs before the first cut, and the fraction kept (1/reduction_factor) at each rung.
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+    search_lr: bool = False
+    search_temperature: bool = False
     fitness: Literal["zipf", "knn"] = "zipf"
     zipf_clusters: int = 16
     zipf_exponent: float = 1.0
@@ -291,10 +313,97 @@ class TuneConfig:
     def validate(self) -> None:
         _check(self.num_samples >= 1, "tune.num_samples must be >= 1")
         _check(self.perturbation_interval >= 1, "tune.perturbation_interval must be >= 1")
+        _check(0 < self.quantile_fraction <= 0.5, "tune.quantile_fraction must be in (0, 0.5]")
+        _check(self.grace_period >= 1, "tune.grace_period must be >= 1")
+        _check(self.reduction_factor > 1, "tune.reduction_factor must be > 1")
         _check(self.zipf_clusters >= 2, "tune.zipf_clusters must be >= 2")
         _check(self.zipf_exponent > 0, "tune.zipf_exponent must be > 0")
         _check(self.cpus_per_trial > 0, "tune.cpus_per_trial must be > 0")
         _check(self.gpus_per_trial >= 0, "tune.gpus_per_trial must be >= 0")
+        _check(self.scheduler not in ("pbt", "pb2") or self.search_alg == "random",
+               f"tune.scheduler={self.scheduler} evolves its own population: use tune.search_alg=random "
+               "(optuna and hyperopt go with the asha or fifo schedulers)")
+
+
+
+# Kinetics-400 RGB statistics, which torchvision's video models normalise with.
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+
+
+@dataclass(frozen=True)
+class FrozenVideoConfig:
+    """A frozen pretrained video encoder and the input it expects (avray.models.frozen).
+
+    ``path``: a TorchScript file, or (with ``architecture``) a state dict; local or s3://.
+    ``architecture``: ``avray`` (avray's video encoder, shaped by the ``model`` section) or
+    ``torchvision:<name>`` (e.g. ``torchvision:r2plus1d_18``; needs torchvision installed).
+    ``strip``: an attribute replaced by identity, e.g. ``fc`` to drop a classifier.
+    ``output_key``: for a module returning a dict. Frames reach the module in ``layout``,
+    resized to ``frame_size`` (null: as decoded), and, with ``normalize``, scaled to [0, 1]
+    and standardised by ``mean``/``std``; without, as uint8 (avray's encoder takes uint8 BTHWC).
+    """
+
+    path: str | None = None
+    architecture: str | None = None
+    strip: str | None = None
+    output_key: str | None = None
+    layout: Literal["BCTHW", "BTCHW", "BTHWC"] = "BCTHW"
+    frame_size: int | None = None
+    normalize: bool = True
+    mean: tuple[float, ...] = KINETICS_MEAN
+    std: tuple[float, ...] = KINETICS_STD
+
+    def validate(self) -> None:
+        _check_architecture("frozen.video", self.architecture, ("avray", "torchvision:"))
+        _check(self.frame_size is None or self.frame_size >= 1, "frozen.video.frame_size must be >= 1 or null")
+        _check(len(self.mean) == 3 and len(self.std) == 3 and all(v > 0 for v in self.std),
+               "frozen.video.mean and frozen.video.std need 3 values each (std > 0)")
+
+
+@dataclass(frozen=True)
+class FrozenAudioConfig:
+    """A frozen pretrained audio encoder and its input: the mono waveform [B, S] at
+    ``data.sample_rate``, or a log-mel spectrogram [B, 1, n_mels, frames] (``input: log_mel``).
+    ``architecture``: ``avray`` (avray's audio encoder, takes the waveform) or
+    ``torchaudio:<builder>`` (e.g. ``torchaudio:wav2vec2_base``). Other fields as for video."""
+
+    path: str | None = None
+    architecture: str | None = None
+    strip: str | None = None
+    output_key: str | None = None
+    input: Literal["waveform", "log_mel"] = "waveform"
+    n_mels: int = 64
+    n_fft: int = 400
+    hop_length: int = 160
+
+    def validate(self) -> None:
+        _check_architecture("frozen.audio", self.architecture, ("avray", "torchaudio:"))
+        _check(self.n_mels >= 1 and self.n_fft >= 2 and self.hop_length >= 1,
+               "frozen.audio.n_mels, n_fft and hop_length must be positive")
+
+
+@dataclass(frozen=True)
+class FrozenConfig:
+    """Frozen encoders for ``workflows/extract_features.py``; pretraining then trains only the
+    heads and the fusion on the features. ``tokens``: keep each encoder's token sequence
+    [N, D] per clip (what cross-attention fusion attends over) instead of the pooled [D]."""
+
+    video: FrozenVideoConfig = field(default_factory=FrozenVideoConfig)
+    audio: FrozenAudioConfig = field(default_factory=FrozenAudioConfig)
+    tokens: bool = False
+    batch_size: int = 32
+
+    def validate(self) -> None:
+        self.video.validate()
+        self.audio.validate()
+        _check(self.batch_size >= 1, "frozen.batch_size must be >= 1")
+
+
+def _check_architecture(section: str, architecture: str | None, prefixes: tuple[str, ...]) -> None:
+    _check(architecture is None or architecture == "avray" or
+           any(architecture.startswith(p) and len(architecture) > len(p) for p in prefixes if p.endswith(":")),
+           f"{section}.architecture must be null (TorchScript), avray, or {prefixes[1]}<name>; got {architecture!r}")
 
 
 @dataclass(frozen=True)
@@ -314,6 +423,7 @@ class Config:
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    frozen: FrozenConfig = field(default_factory=FrozenConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self) -> "Config":

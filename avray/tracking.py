@@ -107,13 +107,14 @@ class Tracker:
         self._call("set_terminated", status)
 
 
-def start_pretraining_run(cfg: Config, output: str) -> Tracker:
-    """The MLflow run of a pretraining job in ``output``; re-running the job resumes the same run."""
+def start_job_run(cfg: Config, output: str, job: str = "pretrain") -> Tracker:
+    """The MLflow run of a job (``pretrain``, ``tune``) writing to ``output``; re-running the job
+    resumes the same run. Logs the resolved config as params and as ``config.yaml``."""
     uri = tracking_uri(cfg.tracking, output)
     id_file = Path(output) / RUN_ID_FILE if "://" not in output else None
     run_id = id_file.read_text().strip() if id_file and id_file.exists() else None
     tracker = Tracker(uri, cfg.tracking.experiment, run_id=run_id,
-                      run_name=cfg.tracking.run_name or Path(output).name, tags={"avray.job": "pretrain"})
+                      run_name=cfg.tracking.run_name or Path(output).name, tags={"avray.job": job})
     if id_file is not None:
         id_file.parent.mkdir(parents=True, exist_ok=True)
         id_file.write_text(tracker.run_id)

@@ -15,13 +15,11 @@ and prints the memory ratio: a streaming pipeline's memory must not grow with th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
-import ray
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -127,10 +125,7 @@ def main(argv=None) -> int:
         figures["memory_ratio_10x" if args.scale == 10 else f"memory_ratio_{args.scale}x"] = big_peak / peak_mb
         print(f"x{args.scale}: {big_index.clips.num_rows} clips, {big_rate:.1f} clips/s, peak {big_peak:.0f} MB, "
               f"memory ratio {big_peak / peak_mb:.2f}")
-    if args.json_path:
-        Path(args.json_path).write_text(json.dumps(figures, indent=2))
-    ray.shutdown()
-    return 0
+    return cli.finish_benchmark(figures, args.json_path)
 
 
 if __name__ == "__main__":

@@ -15,20 +15,18 @@ tasks on a GPU node use the CPUs that training leaves free.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import ray
 import torch
 
 from avray import cli
 from avray.config import load_config
-from avray.data.demo_corpus import make_demo_corpus
-from avray.data.pipeline import load_clips, prepare
+from avray.data.demo_corpus import prepared_demo_clips
+from avray.data.pipeline import load_clips
 from avray.models import build_model
 from avray.objectives import LossMixture
 from avray.train.trainer import pretrain
@@ -77,14 +75,7 @@ def main(argv=None) -> int:
     ])
     torch.set_num_threads(cores)
     cli.init_ray(None)
-    corpus = workdir / "corpus"
-    if not (corpus / ".complete").exists():
-        print(f"generating {args.videos} demo videos ...", flush=True)
-        make_demo_corpus(corpus, videos=args.videos, seed=0)
-        (corpus / ".complete").touch()
-    prepared = workdir / "prepared"
-    if not (prepared / "_avray_clips.json").exists():
-        prepare(str(corpus), str(prepared), cfg.data)
+    prepared = prepared_demo_clips(workdir, args.videos, cfg.data)
     rows = load_clips(str(prepared), cfg.data).dataset.take_all()
     clips = {k: np.stack([r[k] for r in rows]) for k in ("video", "audio")}
     print(f"{len(rows)} clips, global batch {cfg.train.batch_size}, {args.epochs} epochs, {cores} cores")
@@ -99,10 +90,7 @@ def main(argv=None) -> int:
     print(f"(a) plain PyTorch loop, in-memory clips : {plain:8.1f} clips/s")
     print(f"(b) Ray Train + Ray Data, streaming      : {ray_train:8.1f} clips/s")
     print(f"ratio b/a = {ray_train / plain:.2f}")
-    if args.json_path:
-        Path(args.json_path).write_text(json.dumps(figures, indent=2))
-    ray.shutdown()
-    return 0
+    return cli.finish_benchmark(figures, args.json_path)
 
 
 if __name__ == "__main__":

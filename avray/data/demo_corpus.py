@@ -376,3 +376,20 @@ def _upscale(image: np.ndarray, size: int) -> np.ndarray:
     rows = _cubic_matrix(image.shape[0], size)
     cols = _cubic_matrix(image.shape[1], size)
     return np.einsum("ij,jk...,lk->il...", rows, image, cols)
+
+
+def prepared_demo_clips(workdir: Path, videos: int, cfg, seed: int = 0) -> Path:
+    """``workdir/prepared``: the clips of a ``videos``-video demo corpus (``workdir/corpus``),
+    prepared for ``cfg`` (a DataConfig); both reused when a previous run left them complete.
+    What the benchmarks train on."""
+    from avray.data.pipeline import prepare
+    from avray.data.sources import PREPARED_MARKER
+
+    corpus, prepared = workdir / "corpus", workdir / "prepared"
+    if not (corpus / ".complete").exists():
+        print(f"generating {videos} demo videos ...", flush=True)
+        make_demo_corpus(corpus, videos=videos, seed=seed)
+        (corpus / ".complete").touch()
+    if not (prepared / PREPARED_MARKER).exists():
+        prepare(str(corpus), str(prepared), cfg)
+    return prepared

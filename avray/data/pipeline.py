@@ -271,8 +271,9 @@ def prepare(uri: str, output: str, cfg: DataConfig, progress: Callable[[str], No
     return report
 
 
-def write_prepared(clips: Clips, uri: str, cfg: DataConfig) -> SkipReport:
-    """Materialise ``clips`` as parquet shards under ``uri`` (local or s3://), plus the marker."""
+def write_prepared(clips: Clips, uri: str, cfg: DataConfig, extra: dict | None = None) -> SkipReport:
+    """Materialise ``clips`` as parquet shards under ``uri`` (local or s3://), plus the marker
+    (``extra`` adds keys to it, e.g. that the rows are features)."""
     fs, path = filesystem_for(uri, cfg.endpoint_override)
     fs.create_dir(path, recursive=True)
     clips.dataset.write_parquet(path, filesystem=fs)
@@ -281,6 +282,7 @@ def write_prepared(clips: Clips, uri: str, cfg: DataConfig) -> SkipReport:
         "data": {k: getattr(cfg, k) for k in CLIP_SHAPE_KEYS},
         "skipped": {src: {"reason": r, "detail": d} for src, (r, d) in report.skipped.items()},
         "silent_videos": sorted(report.silent_videos),
+        **(extra or {}),
     }
     # The marker is written last: a folder without it is an interrupted prepare, not a dataset.
     with fs.open_output_stream(f"{path}/{PREPARED_MARKER}") as handle:
@@ -299,6 +301,7 @@ class TrainingData:
     num_val_clips: int
     clips: Clips
     epoch_clock: ray.actor.ActorHandle | None = None
+    val_classes: int = 0  # distinct labels among the held-out clips (0: unlabelled)
 
 
 def _keep_split(batch: pa.Table, held_out_videos: pa.Array, held_out: bool) -> pa.Table:
@@ -318,14 +321,17 @@ def training_data(uri: str, cfg: DataConfig) -> TrainingData:
         fs, path = filesystem_for(uri, cfg.endpoint_override)
         rows = pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=["source", "label"])
         sources = rows.column("source").to_pylist()
-        held_out_videos = held_out_sources(sources, rows.column("label").to_pylist(), cfg.val_fraction, cfg.seed)
+        labels = rows.column("label").to_pylist()
+        held_out_videos = held_out_sources(sources, labels, cfg.val_fraction, cfg.seed)
         n_val = sum(s in held_out_videos for s in sources)
+        val_classes = _classes(label for s, label in zip(sources, labels) if s in held_out_videos)
         split = lambda held_out: clips.dataset.map_batches(  # noqa: E731
             _keep_split, fn_kwargs={"held_out_videos": pa.array(sorted(held_out_videos), pa.string()), "held_out": held_out},
             batch_format="pyarrow")
         # Shards may hold a video's clips side by side: the training loop's shuffle buffer mixes
         # them (a global shuffle or block reorder would materialise the dataset every epoch).
-        return TrainingData(split(False), split(True) if n_val else None, len(sources) - n_val, n_val, clips)
+        return TrainingData(split(False), split(True) if n_val else None, len(sources) - n_val, n_val, clips,
+                            val_classes=val_classes)
     index = build_clip_index(uri, cfg)
     train_index, val_index = index.split(cfg.val_fraction, cfg.seed)
     if train_index.clips.num_rows == 0:
@@ -335,4 +341,10 @@ def training_data(uri: str, cfg: DataConfig) -> TrainingData:
     train = decode_dataset(train_index, cfg, epoch_clock=clock)
     val = decode_dataset(val_index, cfg) if val_index.clips.num_rows else None
     return TrainingData(train.dataset, val.dataset if val else None, train_index.clips.num_rows,
-                        val_index.clips.num_rows, train, clock)
+                        val_index.clips.num_rows, train, clock,
+                        val_classes=_classes(val_index.clips.column("label").to_pylist()))
+
+
+def _classes(labels) -> int:
+    labels = list(labels)
+    return 0 if any(label is None for label in labels) else len(set(labels))

@@ -116,9 +116,6 @@ def embed_dataset(clips: ray.data.Dataset, models: Mapping[str, ModelSpec] | Mod
     """
     if isinstance(models, ModelSpec):
         models = {"": models}
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    size = actors or (gpus if gpus else max(1, int(resources.get("CPU", 1)) // 4))
     return clips.map_batches(
         EmbedClips,
         fn_constructor_kwargs={"models": dict(models)},
@@ -126,10 +123,17 @@ def embed_dataset(clips: ray.data.Dataset, models: Mapping[str, ModelSpec] | Mod
         batch_format="numpy",
         # Writable arrays: torch cannot wrap read-only numpy memory (it warns, once per actor).
         zero_copy_batch=False,
-        compute=ray.data.ActorPoolStrategy(size=size),
-        num_gpus=1 if gpus else 0,
-        num_cpus=1,
+        **inference_pool(actors),
     )
+
+
+def inference_pool(actors: int | None = None) -> dict:
+    """``map_batches`` arguments for a pool of model-holding actors: ``actors`` of them, else
+    one per GPU, else a quarter of the CPUs (decoding the clips needs the rest)."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    size = actors or (gpus if gpus else max(1, int(resources.get("CPU", 1)) // 4))
+    return {"compute": ray.data.ActorPoolStrategy(size=size), "num_gpus": 1 if gpus else 0, "num_cpus": 1}
 
 
 def write_embeddings(embeddings: ray.data.Dataset, uri: str, endpoint_override: str | None = None) -> None:

@@ -50,6 +50,7 @@ from avray.eval.metrics import (
     zipf_fitness,
 )
 from avray.eval.plots import plot_confusion, plot_projection, plot_recall_curves
+from avray.features import check_inputs
 from avray.tracking import RUN_ID_FILE, Tracker, tracking_uri
 from avray.train.checkpoint import load_state
 
@@ -211,6 +212,7 @@ def evaluate(checkpoint: str | Path, data: str, output: str | Path, *, cfg_overr
     if "://" in str(output):
         raise ConfigError(f"evaluate writes to a local folder, got {output!r}; copy it to object storage afterwards")
     folder, cfg = evaluation_config(checkpoint, cfg_overrides)
+    check_inputs(cfg, data)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     progress(f"[avray] evaluating {folder} on {data}")

@@ -2,6 +2,7 @@
 
 from avray.models.audio import AudioEncoder, LogMel
 from avray.models.crop_attend import SpaceTimeCropAttend, random_box_mask
+from avray.models.features import FeatureModel
 from avray.models.fusion import ConcatMLPFusion, CrossAttentionFusion, build_fusion
 from avray.models.heads import ProjectionHead
 from avray.models.model import AVModel, build_model
@@ -14,6 +15,7 @@ __all__ = [
     "ConcatMLPFusion",
     "CrossAttentionFusion",
     "EncoderOutput",
+    "FeatureModel",
     "FrameNormalize",
     "LogMel",
     "ProjectionHead",

@@ -8,16 +8,16 @@ The default model (``build_model(ModelConfig(), DataConfig())``, concat-MLP fusi
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from avray.config import ConfigError, DataConfig, ModelConfig
 from avray.models.audio import AudioEncoder
-from avray.models.fusion import build_fusion
-from avray.models.heads import ProjectionHead
+from avray.models.features import FeatureModel
+from avray.models.heads import JointHeads
 from avray.models.video import VideoEncoder
 
 
-class AVModel(nn.Module):
+class AVModel(JointHeads):
     """``forward(video, audio) -> dict`` of plain tensors, the contract the objectives consume.
 
     Inputs: ``video`` uint8 [B, T, H, W, 3], ``audio`` float [B, S] mono waveform.
@@ -35,39 +35,21 @@ class AVModel(nn.Module):
         super().__init__()
         self.video_encoder = VideoEncoder(cfg)
         self.audio_encoder = AudioEncoder(cfg, sample_rate)
-        self.video_head = ProjectionHead(self.video_encoder.out_dim, cfg.embed_dim)
-        self.audio_head = ProjectionHead(self.audio_encoder.out_dim, cfg.embed_dim)
-        self.fusion = build_fusion(cfg, {"video": self.video_encoder.out_dim,
-                                         "audio": self.audio_encoder.out_dim})
-
-    @property
-    def output_dims(self) -> dict[str, int]:
-        return {
-            "video_features": self.video_encoder.out_dim,
-            "audio_features": self.audio_encoder.out_dim,
-            "video": self.video_head.out_dim,
-            "audio": self.audio_head.out_dim,
-            "fused": self.fusion.out_dim,
-        }
+        self.build_heads(cfg, {"video": self.video_encoder.out_dim, "audio": self.audio_encoder.out_dim})
 
     def forward(self, video: Tensor, audio: Tensor) -> dict[str, Tensor]:
         if video.shape[0] != audio.shape[0]:
             raise ValueError(f"video and audio batch sizes differ: {video.shape[0]} vs {audio.shape[0]}")
-        video_out = self.video_encoder(video)
-        audio_out = self.audio_encoder(audio)
-        return {
-            "video_features": video_out.pooled,
-            "audio_features": audio_out.pooled,
-            "video": self.video_head(video_out.pooled),
-            "audio": self.audio_head(audio_out.pooled),
-            "fused": self.fusion(video_out, audio_out),
-        }
+        return self.joint_outputs(self.video_encoder(video), self.audio_encoder(audio))
 
 
-def build_model(model_cfg: ModelConfig, data_cfg: DataConfig) -> AVModel:
-    """Validate both configs and build the model for clips of ``data_cfg``'s shape."""
+def build_model(model_cfg: ModelConfig, data_cfg: DataConfig) -> AVModel | FeatureModel:
+    """Validate both configs and build the model for clips of ``data_cfg``'s shape, or, with
+    ``model.inputs: features``, heads and fusion over frozen encoders' features."""
     model_cfg.validate()
     data_cfg.validate()
+    if model_cfg.inputs == "features":
+        return FeatureModel(model_cfg)
     if model_cfg.n_fft > data_cfg.num_samples:
         raise ConfigError(
             f"model.n_fft ({model_cfg.n_fft}) must not exceed the clip's {data_cfg.num_samples} audio samples"

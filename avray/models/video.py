@@ -5,13 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from avray.config import ModelConfig
+from avray.config import KINETICS_MEAN, KINETICS_STD, ModelConfig
 from avray.models.crop_attend import SpaceTimeCropAttend
 from avray.models.outputs import EncoderOutput
-
-# Kinetics-400 RGB statistics (those torchvision's video models normalise with).
-KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
-KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
 
 class FrameNormalize(nn.Module):

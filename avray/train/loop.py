@@ -12,7 +12,9 @@ import math
 import random
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import ray
@@ -22,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from avray.config import Config, config_from_dict
+from avray.config import Config, config_from_dict, with_overrides
 from avray.eval.metrics import knn_accuracy, zipf_fitness
 from avray.models import build_model
 from avray.objectives import LossMixture
@@ -175,52 +177,92 @@ def validate(core: Pretrainer, dataset, cfg: Config, device: torch.device) -> di
     return metrics
 
 
+@dataclass
+class Session:
+    """Where :func:`run_loop` runs: one of a ``TorchTrainer``'s DDP workers
+    (:func:`train_loop_per_worker`) or a Ray Tune trial training in its own process (avray.tune).
+
+    ``train``/``val``: anything with Ray Data's ``iter_batches`` (a worker's dataset shard, or a
+    whole ``Dataset``). ``checkpoint``: the Ray Train or Tune checkpoint to resume from.
+    ``report(metrics, folder)`` hands an epoch's results, and the checkpoint folder written on
+    rank 0 (else None), to Ray. ``prepare_model`` places the module (DDP on Ray Train). ``weights``: loss λ that replace the
+    config's, as a Tune trial's genome does; the objectives themselves come from the config.
+    ``threads``: PyTorch's intra-op threads (Ray sets OpenMP's to the reserved CPUs; say so).
+    """
+
+    rank: int
+    world: int
+    device: torch.device
+    train: Any
+    val: Any | None
+    checkpoint: Any
+    report: Callable[[dict, str | None], None]
+    prepare_model: Callable[[nn.Module], nn.Module]
+    threads: int = 1
+    weights: dict[str, float] | None = None
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
+    """The Ray Train entry point: one DDP worker of a ``TorchTrainer``."""
     cfg = config_from_dict(loop_config["config"])
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    # Ray sets a worker's OpenMP threads to its whole reserved CPUs; say so explicitly.
-    torch.set_num_threads(cfg.train.threads_per_worker or max(1, round(cfg.train.cpus_per_worker)))
+    session = Session(
+        rank=ctx.get_world_rank(), world=ctx.get_world_size(), device=ray.train.torch.get_device(),
+        train=ray.train.get_dataset_shard("train"),
+        val=ray.train.get_dataset_shard("val") if loop_config.get("has_val") else None,
+        checkpoint=ray.train.get_checkpoint(),
+        report=lambda metrics, folder: ray.train.report(
+            metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None),
+        # Some objectives leave heads idle on some steps (e.g. XDC before its first clustering).
+        prepare_model=lambda module: ray.train.torch.prepare_model(
+            module, parallel_strategy_kwargs={"find_unused_parameters": True}),
+        threads=cfg.train.threads_per_worker or max(1, round(cfg.train.cpus_per_worker)),
+    )
+    tracker = None
+    if session.rank == 0 and loop_config.get("mlflow_run_id"):
+        from avray.tracking import Tracker
+
+        tracker = Tracker(loop_config["mlflow_uri"], cfg.tracking.experiment, run_id=loop_config["mlflow_run_id"])
+    run_loop(cfg, session, loop_config["steps_per_epoch"], tracker=tracker, epoch_clock=loop_config.get("epoch_clock"))
+
+
+def run_loop(cfg: Config, session: Session, steps_per_epoch: int, tracker=None, epoch_clock=None) -> None:
+    """Train ``cfg.train.epochs`` epochs (resuming from ``session.checkpoint``), validating,
+    checkpointing and reporting after each."""
+    rank, world, device = session.rank, session.world, session.device
+    torch.set_num_threads(session.threads)
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
-    device = ray.train.torch.get_device()
 
     model = build_model(cfg.model, cfg.data)
     mixture = LossMixture.from_config(cfg.objectives, model.output_dims)
-    module = ray.train.torch.prepare_model(
-        Pretrainer(model, mixture),
-        # Some objectives leave heads idle on some steps (e.g. XDC before its first clustering).
-        parallel_strategy_kwargs={"find_unused_parameters": True},
-    )
+    if session.weights:
+        mixture.set_weights(session.weights)
+    # What checkpoints record: the config with the λ this run actually trains with.
+    saved_cfg = with_overrides(cfg, {f"objectives.{name}.weight": w for name, w in mixture.weights.items()})
+    module = session.prepare_model(Pretrainer(model, mixture))
     core = _unwrap(module)
     optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    steps_per_epoch = max(1, loop_config["steps_per_epoch"])
+    steps_per_epoch = max(1, steps_per_epoch)
     scheduler = warmup_cosine(optimizer, round(cfg.train.warmup_epochs * steps_per_epoch), cfg.train.epochs * steps_per_epoch)
 
     start_epoch, global_step, pseudo_labels, skipped_steps = 0, 0, {}, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
+    if session.checkpoint is not None:
+        with session.checkpoint.as_directory() as folder:
             state = load_state(Path(folder))
         core.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        # The config's learning rate wins over the checkpoint's: a tuner may have changed it.
+        scheduler.base_lrs = [cfg.train.lr] * len(scheduler.base_lrs)
         start_epoch, global_step = state["epoch"] + 1, state["global_step"]
         pseudo_labels, skipped_steps = state["pseudo_labels"], state["skipped_steps"]
         torch.set_rng_state(state["torch_rng"])
         if rank == 0:
             print(f"[avray] resumed from epoch {state['epoch'] + 1} (step {global_step})", flush=True)
 
-    tracker = None
-    if rank == 0 and loop_config.get("mlflow_run_id"):
-        from avray.tracking import Tracker
-
-        tracker = Tracker(loop_config["mlflow_uri"], cfg.tracking.experiment, run_id=loop_config["mlflow_run_id"])
-
-    train_shard = ray.train.get_dataset_shard("train")
-    val_data = ray.train.get_dataset_shard("val") if loop_config.get("has_val") else None
-    epoch_clock = loop_config.get("epoch_clock")
+    train_shard, val_data = session.train, session.val
     per_worker = max(1, cfg.train.batch_size // world)
     xdc = "xdc" in core.mixture.objectives
     run_start = time.perf_counter()
@@ -264,7 +306,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             global_step += 1
             steps += 1
             clips += len(video)
-            totals["loss"] = totals.get("loss", 0.0) + float(loss)
+            totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
             for name, value in terms.items():
                 totals[f"loss/{name}"] = totals.get(f"loss/{name}", 0.0) + float(value)
         elapsed = time.perf_counter() - epoch_start
@@ -273,25 +315,23 @@ def train_loop_per_worker(loop_config: dict) -> None:
         metrics.update(
             epoch=epoch + 1, global_step=global_step, world_size=world, num_nodes=num_nodes, clips_per_s=throughput, epoch_seconds=elapsed,
             lr=scheduler.get_last_lr()[0], skipped_steps=skipped_steps,
+            **{f"lambda/{name}": weight for name, weight in core.mixture.weights.items()},
         )
         if rank == 0 and val_data is not None:
             metrics.update(validate(core, val_data, cfg, device))
         with tempfile.TemporaryDirectory() as folder:
-            ckpt = None
             if rank == 0:
-                save_state(Path(folder), cfg, {
+                save_state(Path(folder), saved_cfg, {
                     "module": core.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": epoch, "global_step": global_step,
                     "pseudo_labels": pseudo_labels, "skipped_steps": skipped_steps,
                     "torch_rng": torch.get_rng_state(),
                 })
-                ckpt = ray.train.Checkpoint.from_directory(folder)
-            if rank == 0:
                 _progress(metrics, cfg, epoch, start_epoch, run_start)
                 if tracker is not None:
                     tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
                                         step=epoch + 1)
-            ray.train.report(metrics, checkpoint=ckpt)
+            session.report(metrics, folder if rank == 0 else None)
     if tracker is not None:
         tracker.flush()
 

@@ -21,8 +21,13 @@ def plot_losses(history: list[dict], path: Path) -> Path:
     keys = sorted({k for h in history for k in h if k == "loss" or k.startswith(("loss/", "val/"))} - {"val/elo_fitness", "val/knn_accuracy"})
     for key in keys:
         ax.plot(epochs, [h.get(key, float("nan")) for h in history], "--" if key.startswith("val/") else "-", label=key)
+    return save_epoch_plot(fig, ax, "loss", path)
+
+
+def save_epoch_plot(fig, ax, ylabel: str, path: Path) -> Path:
+    """Label a curves-against-epochs plot, write it as a PNG and free it."""
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -13,7 +13,8 @@ from ray.train.torch import TorchTrainer
 from avray.config import Config
 from avray.data.pipeline import TrainingData, training_data
 from avray.data.report import SkipReport
-from avray.tracking import Tracker, start_pretraining_run
+from avray.features import for_inputs
+from avray.tracking import Tracker, start_job_run
 from avray.train.loop import train_loop_per_worker
 
 RUN_NAME = "pretrain"
@@ -85,10 +86,12 @@ def build_trainer(cfg: Config, data: TrainingData, output: str, tracker: Tracker
 
 
 def pretrain(cfg: Config, data_uri: str, output: str, track: bool = True) -> PretrainResult:
-    """Pretrain on ``data_uri``; checkpoints and MLflow under ``output``. Re-running resumes."""
+    """Pretrain on ``data_uri``; checkpoints and MLflow under ``output``. Re-running resumes.
+    On feature shards (workflows/extract_features.py) only the heads and the fusion train."""
+    cfg = for_inputs(cfg, data_uri)
     data = training_data(data_uri, cfg.data)
     print(f"[avray] {data.num_train_clips} training clips, {data.num_val_clips} held-out clips", flush=True)
-    tracker = start_pretraining_run(cfg, output) if track else None
+    tracker = start_job_run(cfg, output) if track else None
     trainer = build_trainer(cfg, data, output, tracker)
     result = trainer.fit()
     history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []

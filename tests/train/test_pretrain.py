@@ -12,33 +12,16 @@ import mlflow
 import psutil
 import pytest
 
-from avray.config import load_config
 from avray.train.checkpoint import load_model, load_state
 from avray.train.trainer import pretrain
-from tests.media import make_good_video
+from tests.tiny import make_tiny_corpus, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "model.video_width=8", "model.video_depth=2", "model.audio_width=8", "model.audio_depth=2",
-    "model.embed_dim=16", "model.fused_dim=16", "model.n_mels=32", "model.n_fft=256",
-    "data.clips_per_video=2", "data.val_fraction=0.25", "data.decode_batch_size=4",
-    "data.cpus_per_decode_task=0.5", "train.cpus_per_worker=0.5",
-    "train.batch_size=4", "train.warmup_epochs=0", "tune.zipf_clusters=2",
-]
-
-
-def tiny_config(tmp: Path, *extra: str):
-    return load_config(None, [*TINY, f"tracking.tracking_uri=sqlite:///{tmp}/mlflow.db", *extra])
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train-corpus")
-    for i in range(8):
-        make_good_video(root / "ab"[i % 2] / f"v{i}.mp4", seconds=2.5, fps=12, size=48, sample_rate=16000, seed=i)
-    return str(root)
+    return make_tiny_corpus(tmp_path_factory.mktemp("train-corpus"))
 
 
 def test_pretrain_logs_to_mlflow_and_resumes(ray_local, corpus, tmp_path):

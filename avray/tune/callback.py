@@ -1,0 +1,104 @@
+"""MLflow child runs for the trials of a sweep, logged from the Tune driver.
+
+Every trial gets a child run under the sweep's parent run: its first λ as params, every
+result (λ, loss terms, fitness) as metrics per training iteration, and ``pbt_history.json``:
+each exploit (whose checkpoint it copied) and explore (the λ before and after). λ change
+during a PBT trial, so they are metrics: MLflow params cannot change.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from ray import tune
+
+from avray.tracking import Tracker
+from avray.tune.space import LAMBDA
+from avray.tune.trainable import EXPLOITED_FROM
+
+LOGGED_PREFIXES = ("loss", "val/", "lambda/", "lr", "clips_per_s", "epoch", "global_step", "training_iteration")
+HISTORY_FILE = "pbt_history.json"
+
+
+class TrialRuns(tune.Callback):
+    """``state_file`` keeps trial -> run id and each trial's history, so that a sweep resumed
+    with ``Tuner.restore`` goes on logging into the same child runs."""
+
+    def __init__(self, uri: str, experiment: str, parent_run_id: str, state_file: str):
+        self.uri, self.experiment, self.parent_run_id, self.state_file = uri, experiment, parent_run_id, state_file
+        self._trackers: dict[str, Tracker] = {}
+        self._state: dict = {}
+
+    def __getstate__(self):
+        # Tune pickles its callbacks with the experiment; MLflow clients stay behind.
+        return {**self.__dict__, "_trackers": {}, "_state": {}}
+
+    def _load(self) -> dict:
+        if not self._state:
+            path = Path(self.state_file)
+            self._state = json.loads(path.read_text()) if path.exists() else {"runs": {}, "history": {}}
+        return self._state
+
+    def _save(self) -> None:
+        Path(self.state_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(self.state_file).write_text(json.dumps(self._state, indent=1))
+
+    def _tracker(self, trial) -> Tracker:
+        state = self._load()
+        if trial.trial_id not in self._trackers:
+            run_id = state["runs"].get(trial.trial_id)
+            tracker = Tracker(self.uri, self.experiment, run_id=run_id, run_name=str(trial),
+                              tags={"mlflow.parentRunId": self.parent_run_id, "avray.job": "tune-trial",
+                                    "avray.trial_id": trial.trial_id})
+            if run_id is None:
+                tracker.log_params({f"initial.{k}": v for k, v in _flat(trial.config).items()})
+                state["runs"][trial.trial_id] = tracker.run_id
+                state["history"][trial.trial_id] = []
+                self._save()
+            self._trackers[trial.trial_id] = tracker
+        return self._trackers[trial.trial_id]
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        tracker = self._tracker(trial)
+        step = int(result["training_iteration"])
+        tracker.log_metrics({k: v for k, v in result.items()
+                             if k.startswith(LOGGED_PREFIXES) and isinstance(v, (int, float))
+                             and not isinstance(v, bool) and math.isfinite(v)}, step=step)
+        history = self._state["history"].setdefault(trial.trial_id, [])
+        # The λ the trial trained with: by the time callbacks see a result, PBT may already
+        # have mutated ``trial.config`` for the trial's next round.
+        lambdas = {k.split("/", 1)[1]: v for k, v in result.items() if k.startswith(f"{LAMBDA}/")}
+        previous = history[-1]["lambdas"] if history else None
+        if previous is not None and (previous != lambdas or result.get(EXPLOITED_FROM)):
+            event = {"iteration": step, "exploited_from": result.get(EXPLOITED_FROM), "before": previous, "after": lambdas}
+            self._state.setdefault("events", {}).setdefault(trial.trial_id, []).append(event)
+            tracker.log_metrics({"pbt/exploits": len(self._state["events"][trial.trial_id])}, step=step)
+        history.append({"iteration": step, "lambdas": lambdas})
+        self._save()
+
+    def _end(self, trial, status: str) -> None:
+        tracker = self._tracker(trial)
+        record = {"lambdas": self._state["history"].get(trial.trial_id, []),
+                  "events": self._state.get("events", {}).get(trial.trial_id, [])}
+        tracker.log_text(json.dumps(record, indent=1), HISTORY_FILE)
+        tracker.finish(status)
+        tracker.flush()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "FAILED")
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

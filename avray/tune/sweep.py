@@ -1,0 +1,175 @@
+"""A loss-mixture sweep: Ray Tune trials of the pretraining loop, scored by ELo's fitness.
+
+    training_data ─► Tuner(train_trial × genome, PBT|PB2|ASHA|FIFO, random|Optuna|HyperOpt)
+                       └─► per trial: epochs of run_loop, report fitness + λ + checkpoint
+                     ─► trials table, best mixture (YAML), plots ─► MLflow parent + child runs
+
+Re-running the same command after the driver died resumes the sweep (``Tuner.restore``).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray import tune
+
+from avray.config import Config, ConfigError, with_overrides
+from avray.data.pipeline import training_data
+from avray.features import for_inputs
+from avray.tracking import start_job_run
+from avray.train.trainer import storage_path
+from avray.tune.callback import TrialRuns
+from avray.tune.plots import plot_fitness, plot_lambda_trajectories
+from avray.tune.schedulers import build_scheduler, build_search_alg, fitness_metric
+from avray.tune.space import search_space, trial_config
+from avray.tune.trainable import EXPLOITED_FROM, train_trial
+
+EXPERIMENT = "tune_losses"
+
+
+@dataclass
+class SweepResult:
+    metric: str
+    trials: list[dict]          # one row per trial (see ``_trial_row``)
+    best: dict                  # the best trial's row
+    best_config: Config         # the base config with the best trial's λ (and lr, temperature)
+    experiment_path: str
+    parent_run_id: str
+    tracking_uri: str
+
+
+def _trial_folder(trial) -> str:
+    return trial.trial_id
+
+
+def tune_losses(cfg: Config, data_uri: str, output: str) -> SweepResult:
+    cfg = for_inputs(cfg, data_uri)
+    metric = fitness_metric(cfg)
+    scheduler, search_alg = build_scheduler(cfg), build_search_alg(cfg)
+    data = training_data(data_uri, cfg.data)
+    if data.val is None:
+        raise ConfigError("a sweep scores each mixture on held-out clips: set data.val_fraction > 0")
+    if cfg.tune.fitness == "knn" and data.val_classes < 2:
+        raise ConfigError("tune.fitness=knn needs labelled held-out clips of two or more classes; use tune.fitness=zipf")
+    steps_per_epoch = data.num_train_clips // cfg.train.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{data.num_train_clips} training clips cannot fill one batch of {cfg.train.batch_size}: "
+                          "lower train.batch_size or add data")
+    print(f"[avray] sweep: {cfg.tune.num_samples} trials, {cfg.tune.scheduler} + {cfg.tune.search_alg}, "
+          f"fitness {metric}; {data.num_train_clips} training clips, {data.num_val_clips} held-out", flush=True)
+    # Every trial reads every clip every epoch: read (or decode) them once, into Ray's object
+    # store (which spills to disk beyond memory), rather than once per trial and epoch. It also
+    # keeps Ray Data tasks out of the trials, whose placement groups would hold every CPU
+    # they could run on. Search on a subset of a corpus far larger than the cluster's disks.
+    start = time.perf_counter()
+    train, val = data.train.materialize(), data.val.materialize()
+    print(f"[avray] {train.count() + val.count()} clips ({(train.size_bytes() + val.size_bytes()) / 2**20:.0f} MiB) "
+          f"in the object store in {time.perf_counter() - start:.1f} s", flush=True)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, base=cfg, train=train, val=val, steps_per_epoch=steps_per_epoch),
+        {"CPU": cfg.tune.cpus_per_trial, "GPU": cfg.tune.gpus_per_trial},
+    )
+    parent = start_job_run(cfg, output, job="tune")
+    root = storage_path(output)
+    experiment_path = f"{root}/{EXPERIMENT}" if "://" in root else str(Path(root) / EXPERIMENT)
+    if tune.Tuner.can_restore(experiment_path):
+        print(f"[avray] resuming the sweep in {experiment_path}", flush=True)
+        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True)
+    else:
+        state_file = str(Path(output) / "trial_runs.json") if "://" not in output else \
+            str(Path(tempfile.gettempdir()) / f"avray-trial-runs-{parent.run_id}.json")
+        tuner = tune.Tuner(
+            trainable,
+            param_space=search_space(cfg),
+            tune_config=tune.TuneConfig(
+                metric=metric, mode="max", scheduler=scheduler, search_alg=search_alg,
+                num_samples=cfg.tune.num_samples, reuse_actors=True,
+                trial_dirname_creator=_trial_folder,
+            ),
+            run_config=tune.RunConfig(
+                name=EXPERIMENT, storage_path=root,
+                # Each trial stops after train.epochs, also after PBT handed it another's checkpoint.
+                stop={"epoch": cfg.train.epochs},
+                failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
+                # PBT copies checkpoints between trials: keeping only two can delete one it is about to copy.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
+                callbacks=[TrialRuns(parent.uri, cfg.tracking.experiment, parent.run_id, state_file)],
+                verbose=1,
+            ),
+        )
+    grid = tuner.fit()
+    return _summarise(cfg, grid, metric, experiment_path, parent)
+
+
+def _trial_row(result, metric: str, objectives: list[str]) -> dict:
+    rows = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
+    first, last = (rows[0], rows[-1]) if rows else ({}, {})
+    fitness = [r[metric] for r in rows if isinstance(r.get(metric), float) and math.isfinite(r[metric])]
+    return {
+        "trial": Path(result.path).name,
+        "status": "error" if result.error else "ok",
+        "epochs": int(last.get("epoch", 0)),
+        **{f"initial_lambda/{n}": first.get(f"lambda/{n}") for n in objectives},
+        **{f"final_lambda/{n}": last.get(f"lambda/{n}") for n in objectives},
+        "exploits": sum(1 for r in rows if isinstance(r.get(EXPLOITED_FROM), str)),
+        "first_fitness": fitness[0] if fitness else None,
+        "final_fitness": last.get(metric),
+        "best_fitness": max(fitness) if fitness else None,
+        "final_knn_accuracy": last.get("val/knn_accuracy"),
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "history": rows,
+    }
+
+
+def _summarise(cfg: Config, grid, metric: str, experiment_path: str, parent) -> SweepResult:
+    objectives = sorted(cfg.objectives.enabled())
+    trials = [_trial_row(result, metric, objectives) for result in grid]
+    finished = [t for t in trials if isinstance(t["final_fitness"], float) and math.isfinite(t["final_fitness"])]
+    if not finished:
+        parent.finish("FAILED")
+        raise RuntimeError(f"no trial of the sweep in {experiment_path} reported {metric}; see the trial errors above")
+    best = max(finished, key=lambda t: t["final_fitness"])
+    best_result = next(r for r in grid if Path(r.path).name == best["trial"])
+    best_cfg, weights = trial_config(cfg, best_result.config)
+    best_cfg = with_overrides(best_cfg, {f"objectives.{n}.weight": w for n, w in weights.items()})
+
+    folder = Path(tempfile.mkdtemp(prefix="avray-sweep-"))
+    columns = [k for k in trials[0] if k != "history"]
+    with open(folder / "trials.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(trials)
+    (folder / "best_mixture.yaml").write_text(best_cfg.to_yaml())
+    histories = {t["trial"]: t["history"] for t in trials}
+    parent.log_artifact(folder / "trials.csv")
+    parent.log_artifact(folder / "best_mixture.yaml")
+    parent.log_artifact(plot_lambda_trajectories(histories, objectives, folder / "lambda_trajectories.png"), "plots")
+    parent.log_artifact(plot_fitness(histories, metric, folder / "fitness.png"), "plots")
+    parent.log_metrics({f"best/{metric}": best["final_fitness"],
+                        **{f"best/lambda/{n}": best[f"final_lambda/{n}"] for n in objectives},
+                        "trials": len(trials), "failed_trials": sum(t["status"] == "error" for t in trials)}, step=0)
+    parent.set_tag("avray.best_trial", best["trial"])
+    if best["checkpoint"]:
+        parent.set_tag("avray.best_checkpoint", best["checkpoint"])
+    parent.finish()
+    parent.flush()
+    return SweepResult(metric, trials, best, best_cfg, experiment_path, parent.run_id, parent.uri)
+
+
+def format_table(result: SweepResult) -> str:
+    """The trials, best first: λ at the start and the end, fitness at the first and last epoch."""
+    objectives = sorted(k.split("/", 1)[1] for k in result.best if k.startswith("final_lambda/"))
+    head = ["trial", "exploits"] + [f"λ {n} (start→end)" for n in objectives] + ["fitness first", "fitness final", "knn final"]
+    lines = ["  ".join(head)]
+    fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
+    ranked = sorted(result.trials, key=lambda t: -(t["final_fitness"] if isinstance(t["final_fitness"], float) else -math.inf))
+    for t in ranked:
+        lambdas = [f"{fmt(t[f'initial_lambda/{n}'])}→{fmt(t[f'final_lambda/{n}'])}" for n in objectives]
+        lines.append("  ".join([t["trial"], str(t["exploits"]), *lambdas, fmt(t["first_fitness"]), fmt(t["final_fitness"]),
+                                fmt(t["final_knn_accuracy"])]))
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""Loss-mixture sweeps on real Ray Tune trials: PBT exploits, ASHA with Optuna, MLflow parent
+and child runs with the λ history, a resumed sweep, and a killed trial."""
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import psutil
+import pytest
+
+from avray.tune import tune_losses
+from avray.tune.callback import HISTORY_FILE
+from tests.tiny import make_tiny_corpus, tiny_config
+
+pytestmark = pytest.mark.slow
+
+# Three objectives, so the genome has three λ; two trials, the worse copying the better each epoch.
+PBT = ("train.epochs=3", "objectives.dcca.weight=0.5", "tune.num_samples=2", "tune.quantile_fraction=0.5",
+       "tune.cpus_per_trial=0.5")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_tiny_corpus(tmp_path_factory.mktemp("tune-corpus"))
+
+
+def _children(client, parent_id: str):
+    return client.search_runs(
+        [client.get_run(parent_id).info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def test_pbt_sweep_exploits_and_logs_every_trial_with_its_lambda_history(ray_local, corpus, tmp_path):
+    output = tmp_path / "sweep"
+    result = tune_losses(tiny_config(tmp_path, *PBT), corpus, str(output))
+    assert len(result.trials) == 2 and all(t["status"] == "ok" and t["epochs"] == 3 for t in result.trials)
+    exploited = [t for t in result.trials if t["exploits"] > 0]
+    assert exploited, "PBT never copied a trial: nothing was exploited"
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.tags["avray.job"] == "tune" and parent.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)} | \
+        {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"trials.csv", "best_mixture.yaml", "plots/lambda_trajectories.png", "plots/fitness.png"} <= artifacts
+
+    children = _children(client, parent.info.run_id)
+    assert len(children) == 2
+    by_trial = {run.data.tags["avray.trial_id"]: run for run in children}
+    assert set(by_trial) == {t["trial"] for t in result.trials}
+    for trial in result.trials:
+        run = by_trial[trial["trial"]]
+        for name in ("infonce", "fused", "dcca"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, f"lambda/{name}")]
+            assert steps == [1, 2, 3], (trial["trial"], name, steps)
+        assert client.get_metric_history(run.info.run_id, "val/elo_fitness")
+
+    # The exploited trial's history names the trial it copied, and its logged λ change there.
+    trial = exploited[0]
+    run = by_trial[trial["trial"]]
+    record = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path=HISTORY_FILE, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")).read_text())
+    event = record["events"][0]
+    assert event["exploited_from"] in set(by_trial) - {trial["trial"]}
+    assert event["before"] != event["after"]
+    logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "lambda/dcca")}
+    assert logged[event["iteration"]] == pytest.approx(event["after"]["dcca"])
+    assert all(0.0 <= v <= 1.0 for v in logged.values())
+
+    # The best mixture is a config pretrain.py can take: its weights are the best trial's λ.
+    for name in ("infonce", "fused", "dcca"):
+        assert getattr(result.best_config.objectives, name).weight == pytest.approx(result.best[f"final_lambda/{name}"])
+
+    # The same command again finds the finished sweep and resumes it (Tuner.restore): no new trials.
+    again = tune_losses(tiny_config(tmp_path, *PBT), corpus, str(output))
+    assert again.parent_run_id == result.parent_run_id
+    assert {t["trial"] for t in again.trials} == {t["trial"] for t in result.trials}
+    assert len(_children(client, parent.info.run_id)) == 2
+
+
+def test_asha_sweep_with_optuna_runs_to_completion(ray_local, corpus, tmp_path):
+    cfg = tiny_config(tmp_path, "train.epochs=2", "tune.scheduler=asha", "tune.search_alg=optuna",
+                      "tune.num_samples=2", "tune.cpus_per_trial=0.5", "tune.fitness=knn")
+    result = tune_losses(cfg, corpus, str(tmp_path / "asha"))
+    assert result.metric == "val/knn_accuracy"
+    assert len(result.trials) == 2 and all(t["status"] == "ok" for t in result.trials)
+    assert max(t["epochs"] for t in result.trials) == 2
+    # Both fitness measures are reported for every trial, whichever one the sweep ranks by.
+    assert all("val/elo_fitness" in row for t in result.trials for row in t["history"])
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    assert len(_children(client, result.parent_run_id)) == 2
+
+
+def _trial_processes() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if "ImplicitFunc" in " ".join(p.info["cmdline"] or [])]
+
+
+def test_a_killed_trial_is_retried_from_its_checkpoint(ray_local, corpus, tmp_path):
+    output = tmp_path / "faulty"
+    killed = []
+
+    def kill_after_first_checkpoint():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if list(output.glob("tune_losses/*/checkpoint_*/state.pt")) and _trial_processes():
+                victim = _trial_processes()[0]
+                os.kill(victim.pid, signal.SIGKILL)
+                killed.append(victim.pid)
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    killer.start()
+    cfg = tiny_config(tmp_path, "train.epochs=3", "tune.scheduler=fifo", "tune.num_samples=1", "train.max_failures=2")
+    result = tune_losses(cfg, corpus, str(output))
+    killer.join()
+    assert killed, "no trial process was killed: the fault was never injected"
+    (trial,) = result.trials
+    assert trial["status"] == "ok" and trial["epochs"] == 3
+    history = trial["history"]
+    steps_per_epoch = history[0]["global_step"]
+    # Resumed from the checkpoint: the last epoch ends on exactly 3 epochs' worth of steps.
+    assert history[-1]["global_step"] == 3 * steps_per_epoch

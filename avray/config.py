@@ -256,6 +256,10 @@ class TrainConfig:
     # Clips each worker holds to shuffle its stream (reseeded every epoch); about 0.3 MB a clip
     # at the default clip shape. 0 disables (clips then arrive in decode order).
     shuffle_buffer_clips: int = 512
+    # Read (or decode) the training and held-out clips once, into Ray's object store, instead
+    # of again every epoch. auto: when they take at most half of the object store and their
+    # windows are fixed (not data.sampling: random on videos).
+    cache_clips: Literal["auto", "always", "never"] = "auto"
     # None: one worker per GPU when GPUs exist, else one per CPU of the cluster.
     num_workers: int | None = None
     use_gpu: bool | None = None

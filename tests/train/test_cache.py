@@ -1,0 +1,33 @@
+"""When pretraining keeps its clips in Ray's object store instead of re-reading them each epoch."""
+
+from dataclasses import replace
+
+from avray.config import load_config
+from avray.data.pipeline import TrainingData
+from avray.train.trainer import cache_training_clips
+
+
+def _data(train: int, val: int = 0, epoch_clock=None) -> TrainingData:
+    return TrainingData(train=None, val=None, num_train_clips=train, num_val_clips=val, clips=None, epoch_clock=epoch_clock)
+
+
+def test_auto_caches_what_fits_in_half_the_object_store(ray_local):
+    cfg = load_config(None, [])
+    clip_bytes = 16 * 64 * 64 * 3 + 4 * 32_000  # default 2 s clips at 8 fps, 64x64, 16 kHz
+    half = ray_local.cluster_resources()["object_store_memory"] / 2
+    fits = int(half // clip_bytes)
+    assert cache_training_clips(cfg, _data(fits - 10, 10))
+    assert not cache_training_clips(cfg, _data(fits, 10))
+    # Feature rows are small: far more of them fit.
+    features = load_config(None, ["model.inputs=features", "model.video_feature_dim=512", "model.audio_feature_dim=512"])
+    assert cache_training_clips(features, _data(fits * 10))
+
+
+def test_fresh_windows_every_epoch_are_never_cached_unless_asked(ray_local):
+    random_windows = load_config(None, ["data.sampling=random"])
+    assert not cache_training_clips(random_windows, _data(100, epoch_clock=object()))
+    # Prepared shards hold fixed windows whatever data.sampling says.
+    assert cache_training_clips(random_windows, _data(100))
+    assert cache_training_clips(replace(random_windows, train=replace(random_windows.train, cache_clips="always")),
+                                _data(100, epoch_clock=object()))
+    assert not cache_training_clips(load_config(None, ["train.cache_clips=never"]), _data(10))

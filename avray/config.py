@@ -109,6 +109,15 @@ class ModelConfig:
     inputs: Literal["clips", "features"] = "clips"
     video_feature_dim: int = 0
     audio_feature_dim: int = 0
+    # Tokens per clip in the feature shards (0: pooled vectors).
+    video_feature_tokens: int = 0
+    audio_feature_tokens: int = 0
+
+    def feature_shapes(self) -> dict[str, list[int]]:
+        """Per-clip shape of each modality's features, as feature shards record it."""
+        return {name: ([tokens, dim] if tokens else [dim]) for name, tokens, dim in (
+            ("video", self.video_feature_tokens, self.video_feature_dim),
+            ("audio", self.audio_feature_tokens, self.audio_feature_dim))}
 
     def validate(self) -> None:
         for name in ("video_width", "video_depth", "audio_width", "audio_depth", "n_mels",

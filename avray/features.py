@@ -90,25 +90,26 @@ def feature_shards_shapes(uri: str, endpoint_override: str | None = None) -> dic
 
 
 def check_inputs(cfg: Config, uri: str) -> None:
-    """A trained model reads what it was trained on: clips, or features of the same widths."""
+    """A trained model reads what it was trained on: clips, or features of the same shapes."""
     shapes = feature_shards_shapes(uri, cfg.data.endpoint_override)
     if cfg.model.inputs == "clips" and shapes is not None:
         raise ConfigError(f"{uri!r} holds frozen-encoder features, but this model reads clips: give it videos "
                           "or prepared clips")
-    if cfg.model.inputs == "features" and (shapes is None or [shapes["video"][-1], shapes["audio"][-1]]
-                                           != [cfg.model.video_feature_dim, cfg.model.audio_feature_dim]):
-        raise ConfigError(f"this model reads frozen features ({cfg.model.video_feature_dim} video, "
-                          f"{cfg.model.audio_feature_dim} audio wide) and {uri!r} holds "
+    if cfg.model.inputs == "features" and shapes != cfg.model.feature_shapes():
+        raise ConfigError(f"this model reads frozen features shaped {cfg.model.feature_shapes()} and {uri!r} holds "
                           f"{'none' if shapes is None else shapes}: extract them with workflows/extract_features.py "
-                          "and the same frozen encoders")
+                          "and the same frozen encoders and frozen.tokens")
 
 
 def for_inputs(cfg: Config, uri: str) -> Config:
     """``cfg`` fitted to what ``uri`` holds: on feature shards, heads + fusion over features of
-    the shards' widths; on clips, unchanged. A model built for one cannot read the other."""
+    the shards' shapes; on clips, unchanged. A model built for one cannot read the other."""
     shapes = feature_shards_shapes(uri, cfg.data.endpoint_override)
     if shapes is None:
         check_inputs(cfg, uri)
         return cfg
-    return with_overrides(cfg, {"model.inputs": "features", "model.video_feature_dim": shapes["video"][-1],
-                                "model.audio_feature_dim": shapes["audio"][-1]})
+    return with_overrides(cfg, {
+        "model.inputs": "features",
+        **{f"model.{name}_feature_dim": shape[-1] for name, shape in shapes.items()},
+        **{f"model.{name}_feature_tokens": shape[0] if len(shape) == 2 else 0 for name, shape in shapes.items()},
+    })

@@ -90,3 +90,10 @@ def test_token_features_train_cross_attention_fusion(ray_local, corpus, encoders
     result = pretrain(tiny_config(tmp_path, "train.epochs=1", "train.num_workers=1", "model.fusion=cross_attention",
                                   "model.attention_heads=2"), features, str(tmp_path / "run"), track=False)
     assert result.history[-1]["global_step"] > 0
+    # The model was built for the token sequences, and evaluation refuses pooled features.
+    _, saved = load_model(result.checkpoint)
+    assert saved.model.feature_shapes() == shapes
+    pooled = str(tmp_path / "pooled")
+    extract_features(corpus, pooled, tiny_config(tmp_path, *encoders["settings"]), progress=lambda msg: None)
+    with pytest.raises(ConfigError, match="same frozen encoders and frozen.tokens"):
+        evaluate(result.checkpoint, pooled, tmp_path / "eval", track=False)

@@ -14,6 +14,7 @@ import time
 from avray import cli
 from avray.config import ConfigError
 from avray.data.pipeline import load_clips
+from avray.features import check_inputs
 from avray.eval.embed import ModelSpec, count_embeddings, embed_dataset, evaluation_config, write_embeddings
 
 
@@ -25,6 +26,7 @@ def main(argv=None) -> int:
     if args.config:
         raise ConfigError("embed uses the checkpoint's config: change it with --set, not --config")
     folder, cfg = evaluation_config(args.checkpoint, args.overrides)
+    check_inputs(cfg, args.data)
     cli.init_ray(args.ray_address)
     start = time.perf_counter()
     clips = load_clips(args.data, cfg.data)

@@ -276,7 +276,8 @@ def write_prepared(clips: Clips, uri: str, cfg: DataConfig, extra: dict | None =
     (``extra`` adds keys to it, e.g. that the rows are features)."""
     fs, path = filesystem_for(uri, cfg.endpoint_override)
     fs.create_dir(path, recursive=True)
-    clips.dataset.write_parquet(path, filesystem=fs)
+    # Replacing, not appending: a re-run (or other encoders) must not leave old rows beside new ones.
+    clips.dataset.write_parquet(path, filesystem=fs, mode=ray.data.SaveMode.OVERWRITE)
     report = clips.report()
     meta = {
         "data": {k: getattr(cfg, k) for k in CLIP_SHAPE_KEYS},

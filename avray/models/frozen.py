@@ -47,7 +47,10 @@ def _architecture(name: str, modality: str, model_cfg: ModelConfig, data_cfg: Da
         raise ConfigError(f"frozen.{modality}.architecture={name} needs {library}: pip install "
                           f"'{library}' matching torch (see constraints.txt)") from None
     if library == "torchvision":
-        return module.get_model(builder, weights=None)
+        try:
+            return module.get_model(builder, weights=None)
+        except ValueError as err:
+            raise ConfigError(f"frozen.{modality}.architecture: {err}") from None
     if not callable(getattr(module, builder, None)):
         raise ConfigError(f"frozen.{modality}.architecture: torchaudio.models has no builder {builder!r}")
     return getattr(module, builder)()
@@ -67,7 +70,15 @@ def load_module(section: FrozenVideoConfig | FrozenAudioConfig, modality: str, m
                               f"for a state dict set frozen.{modality}.architecture") from None
     else:
         module = _architecture(section.architecture, modality, model_cfg, data_cfg)
-        state = torch.load(blob, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(blob, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - torch raises several types for files it cannot read
+            raise ConfigError(f"frozen.{modality}.path {section.path!r} is not a state dict of tensors "
+                              f"({type(err).__name__}); for a TorchScript file leave architecture unset") from None
+        if section.architecture == "avray" and "module" in state:
+            # An avray checkpoint's state.pt: take this modality's encoder out of the whole module.
+            prefix = f"model.{modality}_encoder."
+            state = {k.removeprefix(prefix): v for k, v in state["module"].items() if k.startswith(prefix)}
         try:
             module.load_state_dict(state)
         except RuntimeError as err:

@@ -251,11 +251,18 @@ def run_loop(cfg: Config, session: Session, steps_per_epoch: int, tracker=None, 
     if session.checkpoint is not None:
         with session.checkpoint.as_directory() as folder:
             state = load_state(Path(folder))
+        # Fixed temperatures and the learning rate are hyperparameters: the config's win over
+        # the checkpoint's, since a tuner (PBT) may have changed them for this trial.
+        fixed = {name: buffer.clone() for name, buffer in core.named_buffers() if name.endswith("temperature")}
         core.load_state_dict(state["module"])
+        for name, buffer in core.named_buffers():
+            if name in fixed:
+                buffer.copy_(fixed[name])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        # The config's learning rate wins over the checkpoint's: a tuner may have changed it.
         scheduler.base_lrs = [cfg.train.lr] * len(scheduler.base_lrs)
+        for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+            group["lr"] = cfg.train.lr * factor(scheduler.last_epoch)
         start_epoch, global_step = state["epoch"] + 1, state["global_step"]
         pseudo_labels, skipped_steps = state["pseudo_labels"], state["skipped_steps"]
         torch.set_rng_state(state["torch_rng"])

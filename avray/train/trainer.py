@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,7 @@ def cache_training_clips(cfg: Config, data: TrainingData) -> bool:
     if cfg.data.sampling == "random" and data.epoch_clock is not None:
         return False  # fresh clip windows every epoch: nothing to reuse
     if cfg.model.inputs == "features":
-        clip_bytes = 4 * (cfg.model.video_feature_dim + cfg.model.audio_feature_dim)
+        clip_bytes = 4 * sum(math.prod(shape) for shape in cfg.model.feature_shapes().values())
     else:
         clip_bytes = cfg.data.num_frames * cfg.data.frame_size ** 2 * 3 + 4 * cfg.data.num_samples
     budget = ray.cluster_resources().get("object_store_memory", 0) / 2
@@ -103,7 +104,10 @@ def build_trainer(cfg: Config, data: TrainingData, output: str, tracker: Tracker
             storage_path=storage_path(output),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("RAY_TRAIN_")}},
+            # Train V2 patches print() in workers into a logger *and* the original stream, so
+            # every progress line reached the driver twice; plain print() is forwarded once.
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+                                             **{k: v for k, v in os.environ.items() if k.startswith("RAY_TRAIN_")}}},
         ),
     )
 

@@ -2,7 +2,7 @@
 
 ELo (Piergiovanni et al., "Evolving Losses for Unsupervised Video Representation Learning",
 CVPR 2020) evolves one weight λ_i ∈ [0, 1] per self-supervised loss. Here the genome is the λ of
-every objective enabled in the base config, under ``config["lambda"][name]``; with
+every objective enabled in the base config (here in [0.01, 1]), under ``config["lambda"][name]``; with
 ``tune.search_lr`` / ``tune.search_temperature`` also ``config["lr"]`` (log-uniform over a
 decade either side of ``train.lr``) and ``config["temperature"]`` (InfoNCE's).
 """
@@ -17,21 +17,25 @@ from ray import tune
 from avray.config import Config, ConfigError, with_overrides
 
 LAMBDA = "lambda"
+# ELo's λ range is [0, 1]; 0.01 rather than 0 at the bottom, because PB2's bandit likes the
+# corners of its box and a mixture with every λ at 0 would train nothing (and is no config).
+LAMBDA_RANGE = (0.01, 1.0)
 TEMPERATURE_RANGE = (0.03, 1.0)
 
 
 def bounds(cfg: Config) -> dict[str, Any]:
-    """``{"lambda": {name: (0, 1)}, ["lr": (lo, hi)], ["temperature": (lo, hi)]}``."""
+    """``{"lambda": {name: (0.01, 1)}, ["lr": (lo, hi)], ["temperature": (lo, hi)]}``."""
     enabled = cfg.objectives.enabled()
     if not enabled:
         raise ConfigError("tuning needs at least one objective with a weight > 0")
-    out: dict[str, Any] = {LAMBDA: {name: (0.0, 1.0) for name in enabled}}
+    out: dict[str, Any] = {LAMBDA: {name: LAMBDA_RANGE for name in enabled}}
     if cfg.tune.search_lr:
         out["lr"] = (cfg.train.lr / 10, cfg.train.lr * 10)
     if cfg.tune.search_temperature:
         if "infonce" not in enabled:
             raise ConfigError("tune.search_temperature searches InfoNCE's temperature: enable objectives.infonce")
-        out["temperature"] = TEMPERATURE_RANGE
+        low = max(TEMPERATURE_RANGE[0], cfg.objectives.infonce.min_temperature)
+        out["temperature"] = (low, max(low, TEMPERATURE_RANGE[1]))
     return out
 
 
@@ -59,7 +63,7 @@ def _clip(config: dict, space: dict) -> dict:
 
 
 def clip_to_bounds(cfg: Config):
-    """PBT's explore multiplies values by 0.8 or 1.2 without bounds; this keeps λ in [0, 1]
+    """PBT's explore multiplies values by 0.8 or 1.2 without bounds; this keeps λ in [0.01, 1]
     (and lr, temperature in their ranges). A picklable callable for ``custom_explore_fn``."""
     return functools.partial(_clip, space=bounds(cfg))
 

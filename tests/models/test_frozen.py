@@ -70,6 +70,16 @@ def test_state_dict_of_avray_encoders_reproduces_them_exactly(tmp_path):
     torch.testing.assert_close(video_encoder(video).tokens, want_video.tokens)
     torch.testing.assert_close(audio_encoder(audio).pooled, want_audio.pooled)
 
+    # An avray checkpoint's state.pt (the whole module, prefixed) works as it is.
+    torch.save({"module": {**{f"model.video_encoder.{k}": v for k, v in video_net.state_dict().items()},
+                           "model.video_head.0.weight": torch.zeros(1)}, "epoch": 3}, tmp_path / "state.pt")
+    section = FrozenVideoConfig(path=str(tmp_path / "state.pt"), architecture="avray", layout="BTHWC", normalize=False)
+    from_checkpoint = FrozenVideoEncoder(load_module(section, "video", cfg.model, cfg.data), section)
+    torch.testing.assert_close(from_checkpoint(video).pooled, want_video.pooled)
+    with pytest.raises(ConfigError, match="not a state dict of tensors"):
+        torch.jit.script(nn.Linear(2, 2)).save(str(tmp_path / "scripted.pt"))
+        load_module(FrozenVideoConfig(path=str(tmp_path / "scripted.pt"), architecture="avray"), "video", cfg.model, cfg.data)
+
 
 def test_log_mel_input_and_strip_and_dict_outputs(tmp_path):
     class MelNet(nn.Module):

@@ -18,9 +18,12 @@ def test_auto_caches_what_fits_in_half_the_object_store(ray_local):
     fits = int(half // clip_bytes)
     assert cache_training_clips(cfg, _data(fits - 10, 10))
     assert not cache_training_clips(cfg, _data(fits, 10))
-    # Feature rows are small: far more of them fit.
-    features = load_config(None, ["model.inputs=features", "model.video_feature_dim=512", "model.audio_feature_dim=512"])
-    assert cache_training_clips(features, _data(fits * 10))
+    # Pooled feature rows (4 KiB here) are small: far more of them fit than clips (317 KiB) ...
+    features = ["model.inputs=features", "model.video_feature_dim=512", "model.audio_feature_dim=512"]
+    assert cache_training_clips(load_config(None, features), _data(fits * 10))
+    # ... but token sequences count every token: 512 + 128 of them, 1.3 MB a clip.
+    tokens = load_config(None, [*features, "model.video_feature_tokens=512", "model.audio_feature_tokens=128"])
+    assert not cache_training_clips(tokens, _data(fits // 3))
 
 
 def test_fresh_windows_every_epoch_are_never_cached_unless_asked(ray_local):

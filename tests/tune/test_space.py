@@ -14,7 +14,7 @@ from avray.tune.space import LAMBDA, bounds, clip_to_bounds, search_space, trial
 def test_the_genome_holds_a_lambda_per_enabled_objective_only():
     cfg = load_config(None, ["objectives.dcca.weight=0.3"])
     assert set(search_space(cfg)[LAMBDA]) == {"infonce", "fused", "dcca"}
-    assert all(b == (0.0, 1.0) for b in bounds(cfg)[LAMBDA].values())
+    assert all(b == (0.01, 1.0) for b in bounds(cfg)[LAMBDA].values())
     assert "lr" not in search_space(cfg) and "temperature" not in search_space(cfg)
     with_lr = load_config(None, ["tune.search_lr=true", "tune.search_temperature=true", "train.lr=0.001"])
     assert bounds(with_lr)["lr"] == pytest.approx((1e-4, 1e-2))
@@ -25,7 +25,7 @@ def test_explore_keeps_values_inside_their_bounds():
     cfg = load_config(None, ["tune.search_lr=true", "train.lr=0.001"])
     explored = {LAMBDA: {"infonce": 1.2, "fused": -0.1}, "lr": 0.5}
     clipped = clip_to_bounds(cfg)(explored)
-    assert clipped == {LAMBDA: {"infonce": 1.0, "fused": 0.0}, "lr": pytest.approx(0.01)}
+    assert clipped == {LAMBDA: {"infonce": 1.0, "fused": 0.01}, "lr": pytest.approx(0.01)}
 
 
 def test_trial_config_applies_lr_and_temperature_and_returns_lambdas_for_the_mixture():

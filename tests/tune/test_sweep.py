@@ -122,5 +122,8 @@ def test_a_killed_trial_is_retried_from_its_checkpoint(ray_local, corpus, tmp_pa
     assert trial["status"] == "ok" and trial["epochs"] == 3
     history = trial["history"]
     steps_per_epoch = history[0]["global_step"]
-    # Resumed from the checkpoint: the last epoch ends on exactly 3 epochs' worth of steps.
+    # Resumed from the checkpoint, not started again: no epoch ran twice, and the last ends
+    # on exactly 3 epochs' worth of steps.
+    epochs = [row["epoch"] for row in history]
+    assert epochs == sorted(set(epochs)) and epochs[-1] == 3, epochs
     assert history[-1]["global_step"] == 3 * steps_per_epoch

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
@@ -276,8 +277,13 @@ def write_prepared(clips: Clips, uri: str, cfg: DataConfig, extra: dict | None =
     (``extra`` adds keys to it, e.g. that the rows are features)."""
     fs, path = filesystem_for(uri, cfg.endpoint_override)
     fs.create_dir(path, recursive=True)
-    # Replacing, not appending: a re-run (or other encoders) must not leave old rows beside new ones.
-    clips.dataset.write_parquet(path, filesystem=fs, mode=ray.data.SaveMode.OVERWRITE)
+    # A re-run (or other encoders) replaces what an earlier one wrote here, and nothing else:
+    # old shards beside new ones would duplicate every clip.
+    old = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    for info in old:
+        if info.type == pafs.FileType.File and (info.base_name.endswith(".parquet") or info.base_name == PREPARED_MARKER):
+            fs.delete_file(info.path)
+    clips.dataset.write_parquet(path, filesystem=fs)
     report = clips.report()
     meta = {
         "data": {k: getattr(cfg, k) for k in CLIP_SHAPE_KEYS},

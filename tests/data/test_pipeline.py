@@ -78,6 +78,13 @@ def test_prepared_shards_round_trip(index, tmp_path):
     with pytest.raises(SourceError, match="frame_size"):
         load_clips(str(tmp_path / "prepared"), DataConfig(frame_size=32))
 
+    # Writing again replaces the shards (no clip twice) and leaves other files alone.
+    (tmp_path / "prepared" / "notes.txt").write_text("mine")
+    write_prepared(decode_dataset(index, CFG), str(tmp_path / "prepared"), CFG)
+    again = [r["clip_id"] for r in load_clips(str(tmp_path / "prepared"), CFG).dataset.take_all()]
+    assert sorted(again) == sorted(direct)
+    assert (tmp_path / "prepared" / "notes.txt").read_text() == "mine"
+
 
 def test_a_corpus_of_only_bad_files_fails_clearly(ray_local, tmp_path):
     make_bad_inputs(tmp_path)

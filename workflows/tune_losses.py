@@ -17,8 +17,6 @@ MLflow run with a child run per trial.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from avray import cli
 from avray.tracking import ui_command
 from avray.tune import format_table, tune_losses
@@ -33,10 +31,8 @@ def main(argv=None) -> int:
     best = result.best
     print(f"[avray] best mixture: trial {best['trial']}, {result.metric} {best['final_fitness']:.4f}; "
           f"checkpoint {best['checkpoint']}")
-    if "://" not in args.output:
-        path = Path(args.output) / "best_mixture.yaml"
-        path.write_text(result.best_config.to_yaml())
-        print(f"[avray] pretrain with it: python workflows/pretrain.py --config {path} --data {args.data} --output ...")
+    print(f"[avray] pretrain with it: python workflows/pretrain.py --config {result.best_config_path} "
+          f"--data {args.data} --output ...")
     print(f"[avray] evaluate it: python workflows/evaluate.py --checkpoint {best['checkpoint']} --data ... --output ...")
     print(f"[avray] MLflow sweep run {result.parent_run_id}: {ui_command(result.tracking_uri)}")
     return 0

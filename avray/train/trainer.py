@@ -74,7 +74,8 @@ def storage_path(output: str) -> str:
     return output if "://" in output else str(Path(output).resolve())
 
 
-def build_trainer(cfg: Config, data: TrainingData, output: str, tracker: Tracker | None) -> TorchTrainer:
+def build_trainer(cfg: Config, data: TrainingData, output: str, tracker: Tracker | None, cache: bool) -> TorchTrainer:
+    """``cache``: read the clips into the object store first (:func:`cache_training_clips`)."""
     scaling_config = scaling(cfg)
     per_worker = max(1, cfg.train.batch_size // scaling_config.num_workers)
     steps_per_epoch = (data.num_train_clips // scaling_config.num_workers) // per_worker
@@ -84,7 +85,6 @@ def build_trainer(cfg: Config, data: TrainingData, output: str, tracker: Tracker
             f"on {scaling_config.num_workers} workers: lower train.batch_size or add data"
         )
     streams = {"train": data.train, **({"val": data.val} if data.val is not None else {})}
-    cache = cache_training_clips(cfg, data)
     datasets = {name: stream.materialize() if cache else stream for name, stream in streams.items()}
     return TorchTrainer(
         train_loop_per_worker,
@@ -117,10 +117,11 @@ def pretrain(cfg: Config, data_uri: str, output: str, track: bool = True) -> Pre
     On feature shards (workflows/extract_features.py) only the heads and the fusion train."""
     cfg = for_inputs(cfg, data_uri)
     data = training_data(data_uri, cfg.data)
+    cache = cache_training_clips(cfg, data)
     print(f"[avray] {data.num_train_clips} training clips, {data.num_val_clips} held-out clips"
-          f"{' (kept in the object store after the first read)' if cache_training_clips(cfg, data) else ''}", flush=True)
+          f"{' (read once into the object store)' if cache else ''}", flush=True)
     tracker = start_job_run(cfg, output) if track else None
-    trainer = build_trainer(cfg, data, output, tracker)
+    trainer = build_trainer(cfg, data, output, tracker, cache)
     result = trainer.fit()
     history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
     checkpoint = result.checkpoint.path if result.checkpoint else None

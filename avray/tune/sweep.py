@@ -20,6 +20,7 @@ from ray import tune
 
 from avray.config import Config, ConfigError, with_overrides
 from avray.data.pipeline import training_data
+from avray.data.sources import filesystem_for
 from avray.features import for_inputs
 from avray.tracking import start_job_run
 from avray.train.trainer import storage_path
@@ -38,6 +39,7 @@ class SweepResult:
     trials: list[dict]          # one row per trial (see ``_trial_row``)
     best: dict                  # the best trial's row
     best_config: Config         # the base config with the best trial's λ (and lr, temperature)
+    best_config_path: str       # where it was written: OUTPUT/best_mixture.yaml (beside OUTPUT/trials.csv)
     experiment_path: str
     parent_run_id: str
     tracking_uri: str
@@ -103,7 +105,7 @@ def tune_losses(cfg: Config, data_uri: str, output: str) -> SweepResult:
             ),
         )
     grid = tuner.fit()
-    return _summarise(cfg, grid, metric, experiment_path, parent)
+    return _summarise(cfg, grid, metric, experiment_path, parent, output)
 
 
 def _trial_row(result, metric: str, objectives: list[str]) -> dict:
@@ -126,7 +128,7 @@ def _trial_row(result, metric: str, objectives: list[str]) -> dict:
     }
 
 
-def _summarise(cfg: Config, grid, metric: str, experiment_path: str, parent) -> SweepResult:
+def _summarise(cfg: Config, grid, metric: str, experiment_path: str, parent, output: str) -> SweepResult:
     objectives = sorted(cfg.objectives.enabled())
     trials = [_trial_row(result, metric, objectives) for result in grid]
     finished = [t for t in trials if isinstance(t["final_fitness"], float) and math.isfinite(t["final_fitness"])]
@@ -153,12 +155,17 @@ def _summarise(cfg: Config, grid, metric: str, experiment_path: str, parent) -> 
     parent.log_metrics({f"best/{metric}": best["final_fitness"],
                         **{f"best/lambda/{n}": best[f"final_lambda/{n}"] for n in objectives},
                         "trials": len(trials), "failed_trials": sum(t["status"] == "error" for t in trials)}, step=0)
+    fs, root = filesystem_for(output)
+    for name in ("trials.csv", "best_mixture.yaml"):
+        with fs.open_output_stream(f"{root}/{name}") as handle:
+            handle.write((folder / name).read_bytes())
     parent.set_tag("avray.best_trial", best["trial"])
     if best["checkpoint"]:
         parent.set_tag("avray.best_checkpoint", best["checkpoint"])
     parent.finish()
     parent.flush()
-    return SweepResult(metric, trials, best, best_cfg, experiment_path, parent.run_id, parent.uri)
+    return SweepResult(metric, trials, best, best_cfg, f"{output.rstrip('/')}/best_mixture.yaml", experiment_path,
+                       parent.run_id, parent.uri)
 
 
 def format_table(result: SweepResult) -> str:

@@ -12,6 +12,7 @@ import mlflow
 import psutil
 import pytest
 
+from avray.config import load_config
 from avray.tune import tune_losses
 from avray.tune.callback import HISTORY_FILE
 from tests.tiny import make_tiny_corpus, tiny_config
@@ -73,6 +74,8 @@ def test_pbt_sweep_exploits_and_logs_every_trial_with_its_lambda_history(ray_loc
     # The best mixture is a config pretrain.py can take: its weights are the best trial's λ.
     for name in ("infonce", "fused", "dcca"):
         assert getattr(result.best_config.objectives, name).weight == pytest.approx(result.best[f"final_lambda/{name}"])
+    assert load_config(output / "best_mixture.yaml") == result.best_config
+    assert (output / "trials.csv").read_text().count("\n") == 3  # header + 2 trials
 
     # The same command again finds the finished sweep and resumes it (Tuner.restore): no new trials.
     again = tune_losses(tiny_config(tmp_path, *PBT), corpus, str(output))
@@ -101,29 +104,34 @@ def _trial_processes() -> list[psutil.Process]:
 def test_a_killed_trial_is_retried_from_its_checkpoint(ray_local, corpus, tmp_path):
     output = tmp_path / "faulty"
     killed = []
+    epochs_to_train = 4
 
-    def kill_after_first_checkpoint():
+    def kill_after_a_registered_checkpoint():
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            if list(output.glob("tune_losses/*/checkpoint_*/state.pt")) and _trial_processes():
+            # A function trainable's second report starts only after Tune took the first (and
+            # registered its checkpoint): from the second checkpoint folder on, a kill must
+            # resume from a checkpoint. Killed earlier, the trial rightly starts from scratch.
+            if list(output.glob("tune_losses/*/checkpoint_000001")) and _trial_processes():
                 victim = _trial_processes()[0]
                 os.kill(victim.pid, signal.SIGKILL)
                 killed.append(victim.pid)
                 return
-            time.sleep(0.1)
+            time.sleep(0.05)
 
-    killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    killer = threading.Thread(target=kill_after_a_registered_checkpoint, daemon=True)
     killer.start()
-    cfg = tiny_config(tmp_path, "train.epochs=3", "tune.scheduler=fifo", "tune.num_samples=1", "train.max_failures=2")
+    cfg = tiny_config(tmp_path, f"train.epochs={epochs_to_train}", "tune.scheduler=fifo", "tune.num_samples=1",
+                      "train.max_failures=2")
     result = tune_losses(cfg, corpus, str(output))
     killer.join()
     assert killed, "no trial process was killed: the fault was never injected"
     (trial,) = result.trials
-    assert trial["status"] == "ok" and trial["epochs"] == 3
+    assert trial["status"] == "ok" and trial["epochs"] == epochs_to_train
     history = trial["history"]
     steps_per_epoch = history[0]["global_step"]
-    # Resumed from the checkpoint, not started again: no epoch ran twice, and the last ends
-    # on exactly 3 epochs' worth of steps.
+    # Resumed from a checkpoint, not started again: epoch 1 ran once (the epoch in flight when
+    # the process died may run again), and the last ends on exactly all epochs' worth of steps.
     epochs = [row["epoch"] for row in history]
-    assert epochs == sorted(set(epochs)) and epochs[-1] == 3, epochs
-    assert history[-1]["global_step"] == 3 * steps_per_epoch
+    assert epochs.count(1) == 1 and epochs[-1] == epochs_to_train, epochs
+    assert history[-1]["global_step"] == epochs_to_train * steps_per_epoch

@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 # Ray Train's controller polls workers every 2 s by default; tests want it snappier.
@@ -24,24 +25,34 @@ def ray_local():
     ray.shutdown()
 
 
-@pytest.fixture
-def ray_two_nodes():
-    """Two Ray nodes of 1 CPU each on this machine (``ray.cluster_utils.Cluster``); the shared
-    local cluster, if it was running, is started again afterwards."""
+@contextlib.contextmanager
+def own_cluster(head_cpus: float, *node_cpus: float, **head_args):
+    """A multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``), joined by this
+    process; the shared local cluster, if it was running, is started again afterwards."""
     import ray
     from ray.cluster_utils import Cluster
 
     was_local = ray.is_initialized()
     ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
-    if was_local:
-        _start_local()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False, **head_args})
+    try:
+        for cpus in node_cpus:
+            cluster.add_node(num_cpus=cpus)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        if was_local:
+            _start_local()
+
+
+@pytest.fixture
+def ray_two_nodes():
+    """Two Ray nodes of 1 CPU each on this machine."""
+    with own_cluster(1, 1) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

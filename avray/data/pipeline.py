@@ -199,6 +199,16 @@ class EpochClock:
         return self.epoch
 
 
+def on_driver_node(actor_class):
+    """``actor_class`` scheduled on the driver's node: a job's bookkeeping actors (skip log,
+    epoch clock) then live exactly as long as the job, and losing a worker node loses neither
+    the skip counts nor the epoch (a num_cpus=0 actor may otherwise land on any node)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return actor_class.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False))
+
+
 def decode_dataset(index: ClipIndex, cfg: DataConfig, epoch: int = 0, epoch_clock=None) -> Clips:
     """Stream the decoded clips of ``index`` (lazy: nothing runs until iterated).
 
@@ -211,7 +221,7 @@ def decode_dataset(index: ClipIndex, cfg: DataConfig, epoch: int = 0, epoch_cloc
     # One block per decode task: small blocks keep memory flat and spread the work evenly.
     step = cfg.decode_batch_size
     blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)]
-    skip_log = SkipLog.remote()
+    skip_log = on_driver_node(SkipLog).remote()
     dataset = ray.data.from_arrow(blocks).map_batches(
         decode_clips,
         fn_kwargs={"cfg": cfg, "skip_log": skip_log, "epoch_clock": epoch_clock},
@@ -344,7 +354,7 @@ def training_data(uri: str, cfg: DataConfig) -> TrainingData:
     if train_index.clips.num_rows == 0:
         raise SourceError(f"no usable training clips in {uri!r}\n{index.report.summary()}")
     train_index = train_index.shuffled(cfg.seed)
-    clock = EpochClock.remote()
+    clock = on_driver_node(EpochClock).remote()
     train = decode_dataset(train_index, cfg, epoch_clock=clock)
     val = decode_dataset(val_index, cfg) if val_index.clips.num_rows else None
     return TrainingData(train.dataset, val.dataset if val else None, train_index.clips.num_rows,

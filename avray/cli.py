@@ -11,8 +11,13 @@ from typing import Callable, Sequence
 
 from avray.config import Config, ConfigError, load_config
 from avray.data.sources import SourceError
+from avray.preflight import PreflightError
+from avray.tracking import redact
 
 EXIT_USAGE = 2
+# What the user must fix (a config value, a data path, a server that does not answer): one
+# line and EXIT_USAGE. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ConfigError, SourceError, PreflightError)
 
 
 def parser(description: str, *, data: bool = True, output: bool = True) -> argparse.ArgumentParser:
@@ -59,10 +64,10 @@ def finish_benchmark(figures: dict, json_path: str | None) -> int:
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
-    """Run a workflow's ``main``; a bad config or data source is one line and exit code 2."""
+    """Run a workflow's ``main``; a user error (:data:`USER_ERRORS`) is one line and exit code 2."""
     try:
         code = main(argv)
-    except (ConfigError, SourceError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        print(f"error: {redact(str(err))}", file=sys.stderr)
         code = EXIT_USAGE
     sys.exit(code)

@@ -2,30 +2,87 @@
 
 A tracking server that is down, or goes down mid-run, never stops training: calls are
 buffered, a warning is printed once, and everything is sent when the server is back.
+
+Credentials never leave through here: a password in a URI (``http://user:pass@host``) is
+masked in every param, tag, text artifact, warning and printed command, and so is the value
+of any param whose name says it is a secret (``*password*``, ``*_token``, ``*secret*``, ...).
+The unmasked URI stays in memory, where the MLflow client needs it to log in.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import re
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from avray.config import Config, TrackingConfig
 
 logger = logging.getLogger("avray.tracking")
 
 RUN_ID_FILE = "mlflow_run_id"
+MASK = "***"
+
+# scheme://user:password@ -- the password is group 2, up to the last "@" before the host.
+_URI_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):([^/\s]*)@")
+# Names of settings that hold secrets, as whole words of a dotted/underscored name: "token"
+# and "api_key" are secrets, "tokens" (a count) and "output_key" (a dict key) are not.
+_SECRET_NAME = re.compile(r"(?:^|[._-])(?:password|passwd|secret|token|credentials?|(?:api|access|secret|private)_?key)"
+                          r"(?:$|[._-])", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URI in it masked (``http://user:***@host``)."""
+    return _URI_PASSWORD.sub(rf"\1:{MASK}@", text)
+
+
+def safe_value(name: str, value: Any) -> str:
+    """``value`` as MLflow stores a param or tag (a string), safe to log under ``name``: masked
+    whole when the name says it is a secret, else with URI passwords masked."""
+    if value is not None and _SECRET_NAME.search(name):
+        return MASK
+    return redact(str(value))
+
+
+def redact_params(params: Mapping[str, Any]) -> dict[str, str]:
+    return {name: safe_value(name, value) for name, value in params.items()}
+
+
+def has_masked_password(uri: str) -> bool:
+    return any(match.group(2) == MASK for match in _URI_PASSWORD.finditer(uri))
+
+
+@contextlib.contextmanager
+def stdout_redacted() -> Iterator[None]:
+    """Whatever is printed inside goes out with URI passwords masked (MLflow prints a run's
+    URL, login included, "View run ... at: http://user:pass@host/...", when the run ends)."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        sys.stdout.write(redact(printed.getvalue()))
 
 
 def tracking_uri(cfg: TrackingConfig, output: str) -> str:
-    """``tracking.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else a sqlite file in ``output``."""
-    if cfg.tracking_uri:
+    """``tracking.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else a sqlite file in ``output``.
+
+    A config read back from a checkpoint has its URI's password masked (checkpoints never
+    store it): such a URI cannot log in, so ``$MLFLOW_TRACKING_URI`` is preferred to it."""
+    if cfg.tracking_uri and not has_masked_password(cfg.tracking_uri):
         return cfg.tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
+    if cfg.tracking_uri:
+        logger.warning("tracking.tracking_uri %s has its password masked (a checkpoint's config never holds it): "
+                       "set MLFLOW_TRACKING_URI or --set tracking.tracking_uri=... with the password", cfg.tracking_uri)
+        return cfg.tracking_uri
     if "://" in output:
         # sqlite cannot live on object storage; on a cluster the working dir is a temporary copy.
         logger.warning("output %s is remote and no MLflow tracking URI is set: logging to ./mlflow.db, "
@@ -35,7 +92,31 @@ def tracking_uri(cfg: TrackingConfig, output: str) -> str:
 
 
 def ui_command(uri: str) -> str:
-    return f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
+    """What to run to see the runs; printed, so the URI's password is masked."""
+    return f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {redact(uri)}"
+
+
+# Masked URI -> the URI with its login, for this process only: objects that Ray pickles to
+# disk (Tune's callbacks, in tuner.pkl) hold the masked URI and log in through here.
+_LOGINS: dict[str, str] = {}
+
+
+def with_login(uri: str) -> str:
+    """The URI behind a masked ``uri``, when this process has opened a run with it."""
+    return _LOGINS.get(uri, uri)
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a sqlite store's file (MLflow's
+    default, ./mlruns in whatever folder the job started in, scatters them), else the
+    server's choice."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
+class TrackingError(RuntimeError):
+    """MLflow could not create a run; the message is MLflow's with URI passwords masked."""
 
 
 class Tracker:
@@ -45,42 +126,56 @@ class Tracker:
                  tags: Mapping[str, str] | None = None):
         import mlflow
 
+        uri = with_login(uri)
+        _LOGINS[redact(uri)] = uri
         self.uri = uri
         self.client = mlflow.MlflowClient(tracking_uri=uri)
         self.pending: list[tuple[str, tuple, dict]] = []
         self.warned = False
         if run_id is None:
-            exp = self.client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
-            run_id = self.client.create_run(exp_id, run_name=run_name, tags=dict(tags or {})).info.run_id
+            try:
+                exp = self.client.get_experiment_by_name(experiment)
+                exp_id = exp.experiment_id if exp else \
+                    self.client.create_experiment(experiment, artifact_location=artifact_location(uri))
+                run_id = self.client.create_run(exp_id, run_name=run_name, tags=redact_params(tags or {})).info.run_id
+            except Exception as err:  # noqa: BLE001 - MLflow's errors quote the request URL, password included
+                raise TrackingError(redact(str(err))) from None
         self.run_id = run_id
 
     def _call(self, method: str, *args, **kwargs) -> None:
         self.pending.append((method, args, kwargs))
         self.flush()
 
+    def _send(self, method: str, *args, **kwargs) -> None:
+        # Ending a run prints its URL, login included. Only then is stdout swapped: the swap
+        # is process-wide, and this is the one MLflow call that prints.
+        prints_login = method == "set_terminated" and redact(self.uri) != self.uri
+        with stdout_redacted() if prints_login else contextlib.nullcontext():
+            getattr(self.client, method)(self.run_id, *args, **kwargs)
+
     def flush(self) -> bool:
         """Send what is buffered; False (and one warning) while the server is unreachable."""
         while self.pending:
             method, args, kwargs = self.pending[0]
             try:
-                getattr(self.client, method)(self.run_id, *args, **kwargs)
+                self._send(method, *args, **kwargs)
             except Exception as err:  # noqa: BLE001 - any tracking failure must not stop training
                 if not self.warned:
+                    # MLflow's errors quote the request URL, password included.
                     logger.warning("MLflow at %s unavailable (%s); buffering %d call(s) and training on",
-                                   self.uri, err, len(self.pending))
+                                   redact(self.uri), redact(str(err)), len(self.pending))
                     self.warned = True
                 return False
             self.pending.pop(0)
         if self.warned:
-            logger.warning("MLflow at %s reachable again; buffered calls sent", self.uri)
+            logger.warning("MLflow at %s reachable again; buffered calls sent", redact(self.uri))
             self.warned = False
         return True
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         import mlflow.entities
 
-        items = [mlflow.entities.Param(k, str(v)) for k, v in params.items()]
+        items = [mlflow.entities.Param(k, v) for k, v in redact_params(params).items()]
         for i in range(0, len(items), 100):
             self._call("log_batch", params=items[i : i + 100])
 
@@ -96,12 +191,13 @@ class Tracker:
         self._call("log_artifact", str(path), artifact_path)
 
     def log_text(self, text: str, name: str) -> None:
+        """``text`` (URI passwords masked) as the artifact ``name``."""
         folder = Path(tempfile.mkdtemp(prefix="avray-mlflow-"))
-        (folder / name).write_text(text)
+        (folder / name).write_text(redact(text))
         self.log_artifact(folder / name)
 
     def set_tag(self, key: str, value: str) -> None:
-        self._call("set_tag", key, value)
+        self._call("set_tag", key, safe_value(key, value))
 
     def finish(self, status: str = "FINISHED") -> None:
         self._call("set_terminated", status)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from avray import cli
+from avray import cli, preflight
 from avray.data.demo_corpus import make_demo_corpus
 from avray.data.pipeline import count_prepared, prepare
 from avray.data.sources import is_prepared
@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     p.set_defaults(config=str(DEMO_CONFIG))
     args = p.parse_args(argv)
     cfg = cli.load(args)
+    preflight.check_job(cfg, output=args.output, track=True)
     output = Path(args.output)
     corpus, held_out, clips = output / "corpus", output / "test-corpus", output / "clips"
     started = time.perf_counter()

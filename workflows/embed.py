@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from avray import cli
+from avray import cli, preflight
 from avray.config import ConfigError
 from avray.data.pipeline import load_clips
 from avray.features import check_inputs
@@ -26,6 +26,7 @@ def main(argv=None) -> int:
     if args.config:
         raise ConfigError("embed uses the checkpoint's config: change it with --set, not --config")
     folder, cfg = evaluation_config(args.checkpoint, args.overrides)
+    preflight.check_job(cfg, data=args.data, output=args.output)
     check_inputs(cfg, args.data)
     cli.init_ray(args.ray_address)
     start = time.perf_counter()

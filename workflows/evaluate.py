@@ -11,7 +11,7 @@ pretraining run in MLflow (``eval/...``) and prints a table: trained vs random b
 
 from __future__ import annotations
 
-from avray import cli
+from avray import cli, preflight
 from avray.config import ConfigError
 from avray.eval.embed import evaluation_config
 from avray.eval.evaluate import evaluate, format_table
@@ -26,7 +26,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.config:
         raise ConfigError("evaluate uses the checkpoint's config: change it with --set, not --config")
-    evaluation_config(args.checkpoint, args.overrides)  # a bad checkpoint or override fails before Ray starts
+    _, cfg = evaluation_config(args.checkpoint, args.overrides)  # a bad checkpoint or override fails here
+    preflight.check_job(cfg, data=args.data, output=args.output, track=not args.no_track)
     cli.init_ray(args.ray_address)
     result = evaluate(args.checkpoint, args.data, args.output, cfg_overrides=args.overrides,
                       track=not args.no_track, batch_size=args.batch_size)

@@ -12,13 +12,14 @@ actor when the cluster has GPUs). SRC is any corpus or prepared clips.
 
 from __future__ import annotations
 
-from avray import cli
+from avray import cli, preflight
 from avray.features import extract_features
 
 
 def main(argv=None) -> int:
     args = cli.parser(__doc__).parse_args(argv)
     cfg = cli.load(args)
+    preflight.check_job(cfg, data=args.data, output=args.output)
     cli.init_ray(args.ray_address)
     extract_features(args.data, args.output, cfg, progress=lambda msg: print(f"[avray] {msg}", flush=True))
     return 0

@@ -5,13 +5,14 @@
 
 from __future__ import annotations
 
-from avray import cli
+from avray import cli, preflight
 from avray.data.pipeline import prepare
 
 
 def main(argv=None) -> int:
     args = cli.parser(__doc__).parse_args(argv)
     cfg = cli.load(args)
+    preflight.check_job(cfg, data=args.data, output=args.output)
     cli.init_ray(args.ray_address)
     prepare(args.data, args.output, cfg.data)
     return 0

@@ -12,7 +12,7 @@ Re-running the same command resumes from the last checkpoint.
 
 from __future__ import annotations
 
-from avray import cli
+from avray import cli, preflight
 from avray.tracking import ui_command
 from avray.train.trainer import pretrain
 
@@ -20,6 +20,7 @@ from avray.train.trainer import pretrain
 def main(argv=None) -> int:
     args = cli.parser(__doc__).parse_args(argv)
     cfg = cli.load(args)
+    preflight.check_job(cfg, data=args.data, output=args.output, track=True)
     cli.init_ray(args.ray_address)
     result = pretrain(cfg, args.data, args.output)
     final = {k: v for k, v in result.metrics.items() if k.startswith(("loss", "val/", "clips_per_s"))}

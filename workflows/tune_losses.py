@@ -17,7 +17,7 @@ MLflow run with a child run per trial.
 
 from __future__ import annotations
 
-from avray import cli
+from avray import cli, preflight
 from avray.tracking import ui_command
 from avray.tune import format_table, tune_losses
 
@@ -25,6 +25,7 @@ from avray.tune import format_table, tune_losses
 def main(argv=None) -> int:
     args = cli.parser(__doc__).parse_args(argv)
     cfg = cli.load(args)
+    preflight.check_job(cfg, data=args.data, output=args.output, track=True)
     cli.init_ray(args.ray_address)
     result = tune_losses(cfg, args.data, args.output)
     print("[avray] trials, best first:\n" + format_table(result))

@@ -10,8 +10,11 @@ and one thread per process keeps a 2-core machine from oversubscribing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import math
+import os
+import stat
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -32,12 +35,14 @@ from avray.data.report import (
     UNSUPPORTED,
     SkipError,
 )
-from avray.data.sources import filesystem_for
+from avray.data.sources import filesystem_for, unprintable_original
 
 # Beyond these, a header is lying or the file is hostile; decoding would exhaust memory.
 MAX_PIXELS = 8192 * 8192
 MAX_DURATION_S = 7 * 24 * 3600.0
 MAX_STREAMS = 64
+# A declared frame rate below this (one frame in ten seconds) is a broken time base, not a video.
+MIN_FPS = 0.1
 # A clip missing more than this fraction of its frames is a decode failure, not a clip.
 MAX_MISSING_FRAME_FRACTION = 0.25
 
@@ -58,31 +63,44 @@ def _cached_filesystem(scheme_netloc: str, endpoint_override: str | None) -> paf
     return filesystem_for(scheme_netloc, endpoint_override)[0]
 
 
+class Deadline:
+    """The wall-clock limit (``data.decode_timeout_s``) on probing a file or decoding a clip.
+
+    Checked before every packet and handed to PyAV for its open and reads, so neither a
+    file that is slow to decode nor one that never ends (a demux loop over millions of
+    packets, a stalled read) holds a worker longer than that. One FFmpeg call that
+    never returns cannot be interrupted from Python; the checks bound everything else.
+    """
+
+    def __init__(self, seconds: float, task: str):
+        self.seconds = seconds
+        self.task = task
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        """Seconds left; raises the TIMEOUT skip when none are."""
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise self.expired()
+        return left
+
+    def expired(self) -> SkipError:
+        return SkipError(TIMEOUT, f"{self.task} took over {self.seconds:g} s (data.decode_timeout_s)")
+
+
 @contextlib.contextmanager
-def open_media(uri: str, endpoint_override: str | None = None, timeout_s: float = 60.0) -> Iterator[av.container.InputContainer]:
+def open_media(uri: str, deadline: Deadline, endpoint_override: str | None = None) -> Iterator[av.container.InputContainer]:
     """Open a local or s3:// media file with PyAV; raises SkipError for unusable input."""
     if uri.startswith("s3://"):
         fs = _cached_filesystem("s3://" + uri[5:].split("/", 1)[0], endpoint_override)
         path = uri[5:]
+        _check_s3_object(fs, path)
+        handle = _open_s3_object(fs, path)
     else:
-        fs, path = pafs.LocalFileSystem(), uri
+        path = handle = uri
+        _check_local_file(path)
     try:
-        info = fs.get_file_info(path)
-    except OSError as err:
-        raise SkipError(NOT_FOUND, str(err)) from None
-    if info.type != pafs.FileType.File:
-        raise SkipError(NOT_FOUND, "no such file")
-    if info.size == 0:
-        raise SkipError(EMPTY, "zero bytes")
-    try:
-        handle = path if isinstance(fs, pafs.LocalFileSystem) else fs.open_input_file(path)
-    except OSError as err:
-        raise SkipError(NOT_FOUND, str(err)) from None
-    try:
-        try:
-            container = av.open(handle, mode="r", timeout=timeout_s)
-        except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as err:
-            raise SkipError(UNREADABLE, f"PyAV cannot open it: {err}") from None
+        container = _open_container(handle, deadline)
         try:
             yield container
         finally:
@@ -92,19 +110,83 @@ def open_media(uri: str, endpoint_override: str | None = None, timeout_s: float 
             handle.close()
 
 
+def _check_s3_object(fs: pafs.FileSystem, path: str) -> None:
+    try:
+        info = fs.get_file_info(path)
+    except OSError as err:
+        raise SkipError(NOT_FOUND, str(err)) from None
+    if info.type != pafs.FileType.File:
+        raise SkipError(NOT_FOUND, "no such object")
+    if info.size == 0:
+        raise SkipError(EMPTY, "zero bytes")
+
+
+def _open_s3_object(fs: pafs.FileSystem, path: str):
+    try:
+        return fs.open_input_file(path)
+    except OSError as err:
+        raise SkipError(NOT_FOUND, str(err)) from None
+
+
+def _check_local_file(path: str) -> None:
+    """Only a non-empty regular file may reach FFmpeg: opening a FIFO blocks forever."""
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        raise SkipError(*_missing_file(path, err)) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise SkipError(NOT_FOUND, f"not a regular file but a {_file_kind(info.st_mode)}")
+    if info.st_size == 0:
+        raise SkipError(EMPTY, "zero bytes")
+
+
+def _missing_file(path: str, err: OSError) -> tuple[str, str]:
+    if unprintable_original(path) is not None:
+        return UNSUPPORTED, "its name is not valid UTF-8 (shown with \\xNN escapes): rename it"
+    if err.errno == errno.ELOOP:
+        return NOT_FOUND, "symlink loop"
+    if err.errno == errno.ENOENT and os.path.islink(path):
+        return NOT_FOUND, f"dangling symlink to {os.readlink(path)!r}"
+    return NOT_FOUND, err.strerror or str(err)
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+               (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+
+
+def _file_kind(mode: int) -> str:
+    return next((name for is_kind, name in _FILE_KINDS if is_kind(mode)), "special file")
+
+
+def _open_container(handle, deadline: Deadline) -> av.container.InputContainer:
+    try:
+        # PyAV interrupts its open (which reads and decodes a little) and every read that
+        # runs past this, inside FFmpeg; it raises ExitError then.
+        return av.open(handle, mode="r", timeout=deadline.left())
+    except av.ExitError:
+        raise deadline.expired() from None
+    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as err:
+        raise SkipError(UNREADABLE, f"PyAV cannot open it: {err}") from None
+
+
 def probe(uri: str, cfg: DataConfig) -> MediaInfo:
     """Duration, streams and size from the container header (no frame is decoded)."""
-    with open_media(uri, cfg.endpoint_override, cfg.decode_timeout_s) as container:
+    deadline = Deadline(cfg.decode_timeout_s, "probing")
+    with open_media(uri, deadline, cfg.endpoint_override) as container:
         video = _video_stream(container)
         width, height = video.codec_context.width, video.codec_context.height
         if width <= 0 or height <= 0 or width * height > MAX_PIXELS:
-            raise SkipError(UNSUPPORTED, f"frame size {width}x{height}")
-        duration = _duration(container, video)
+            # FFmpeg zeroes a declared size it refuses outright (65535 x 65535).
+            refused = " (refused by FFmpeg)" if width * height == 0 else ""
+            raise SkipError(UNSUPPORTED, f"frame size {width}x{height}{refused}")
+        rate = video.average_rate or video.guessed_rate or video.base_rate
+        if rate is not None and 0 < rate < MIN_FPS:
+            raise SkipError(UNSUPPORTED, f"frame rate {float(rate):.3g} fps (time base {video.time_base})")
+        duration = _duration(container, video, deadline)
         if not math.isfinite(duration) or duration <= 0 or duration > MAX_DURATION_S:
             raise SkipError(UNSUPPORTED, f"duration {duration:.3g} s")
         if duration < cfg.clip_seconds:
             raise SkipError(TOO_SHORT, f"{duration:.2f} s < one {cfg.clip_seconds:g} s clip")
-        rate = video.average_rate or video.guessed_rate or video.base_rate
         return MediaInfo(
             duration=duration,
             has_audio=bool(container.streams.audio),
@@ -115,25 +197,40 @@ def probe(uri: str, cfg: DataConfig) -> MediaInfo:
 
 
 def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    """The first real video stream: cover art in an audio file is a one-frame "video" stream."""
     if len(container.streams) > MAX_STREAMS:
         raise SkipError(UNSUPPORTED, f"{len(container.streams)} streams")
-    if not container.streams.video:
-        raise SkipError(NO_VIDEO_STREAM, "the container has no video stream")
-    return container.streams.video[0]
+    videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not videos:
+        cover_art = " (only cover art)" if container.streams.video else ""
+        raise SkipError(NO_VIDEO_STREAM, f"the container has no video stream{cover_art}")
+    if videos[0].codec_context is None:
+        raise SkipError(UNSUPPORTED, "no decoder for its video stream (codec unknown or header cut short)")
+    return videos[0]
 
 
-def _duration(container: av.container.InputContainer, video: av.video.stream.VideoStream) -> float:
+def _duration(container: av.container.InputContainer, video: av.video.stream.VideoStream, deadline: Deadline) -> float:
     if video.duration and video.time_base:
         return float(video.duration * video.time_base)
     if container.duration:
         return container.duration / av.time_base
     # Some containers (streamed webm/mkv) declare no duration: read packet timestamps,
-    # which demuxes but decodes nothing.
+    # which demuxes but decodes nothing; a file of endless packets meets the deadline.
     last = 0.0
-    for packet in container.demux(video):
+    for packet in _packets(container, deadline, video):
         if packet.pts is not None and packet.time_base:
             last = max(last, float((packet.pts + (packet.duration or 0)) * packet.time_base))
     return last - _start_time(video)
+
+
+def _packets(container: av.container.InputContainer, deadline: Deadline, *streams) -> Iterator[av.Packet]:
+    """``container.demux(*streams)`` that stops at ``deadline`` (also inside a stalled read)."""
+    try:
+        for packet in container.demux(*streams):
+            deadline.left()
+            yield packet
+    except av.ExitError:
+        raise deadline.expired() from None
 
 
 def _start_time(stream: av.stream.Stream) -> float:
@@ -155,24 +252,22 @@ def decode_clip(uri: str, start: float, cfg: DataConfig) -> DecodedClip:
     resampled to mono ``cfg.sample_rate``, then trimmed or zero-padded to exactly
     ``clip_seconds`` (AAC pads its output). A video without audio gets silence.
     """
-    deadline = time.monotonic() + cfg.decode_timeout_s
-    with open_media(uri, cfg.endpoint_override, cfg.decode_timeout_s) as container:
+    deadline = Deadline(cfg.decode_timeout_s, f"decoding the clip at {start:.2f} s")
+    with open_media(uri, deadline, cfg.endpoint_override) as container:
         video_stream = _video_stream(container)
         video_stream.codec_context.thread_count = 1
+        # The header was checked when probing; this holds the decoder to it when the
+        # bitstream itself declares a bigger picture than the header did.
+        video_stream.codec_context.options = {"max_pixels": str(MAX_PIXELS)}
         audio_stream = container.streams.audio[0] if container.streams.audio else None
         frames = _FrameSampler(start, cfg)
         audio = _AudioWindow(start, cfg) if audio_stream is not None else None
         video_t0 = _start_time(video_stream)
         audio_t0 = _start_time(audio_stream) if audio_stream is not None else 0.0
-        try:
-            container.seek(max(0, int((start + video_t0) / video_stream.time_base)), stream=video_stream, backward=True)
-        except av.FFmpegError:
-            container.seek(0)
+        _seek(container, video_stream, start + video_t0)
         streams = [video_stream] + ([audio_stream] if audio_stream is not None else [])
         try:
-            for packet in container.demux(*streams):
-                if time.monotonic() > deadline:
-                    raise SkipError(TIMEOUT, f"clip at {start:.2f} s took over {cfg.decode_timeout_s:g} s")
+            for packet in _packets(container, deadline, *streams):
                 try:
                     decoded = packet.decode()
                 except av.FFmpegError:
@@ -195,6 +290,23 @@ def decode_clip(uri: str, start: float, cfg: DataConfig) -> DecodedClip:
             audio=audio.result() if audio is not None else np.zeros(cfg.num_samples, np.float32),
             has_audio=audio is not None,
         )
+
+
+def _seek(container: av.container.InputContainer, stream: av.video.stream.VideoStream, seconds: float) -> None:
+    """To the keyframe at or before ``seconds``; failing that, to the start of the file.
+
+    A container just opened already stands at the start: a clip there needs no seek, and
+    a file too broken to seek in still gets its first frames decoded (or counted missing).
+    """
+    if seconds <= _start_time(stream):
+        return
+    for target in (int(seconds / stream.time_base), 0):
+        try:
+            container.seek(target, stream=stream, backward=True)
+            return
+        except av.FFmpegError:
+            continue
+    raise SkipError(DECODE_ERROR, f"cannot seek to {seconds:.2f} s, nor to the start")
 
 
 class _FrameSampler:

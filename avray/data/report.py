@@ -16,10 +16,12 @@ logger = logging.getLogger("avray.data")
 
 # Why a file or clip was skipped. Short, stable names: they are metric keys and test targets.
 EMPTY = "empty"  # zero-byte file
-NOT_FOUND = "not_found"  # listed but gone, or no permission to read it
+NOT_FOUND = "not_found"  # listed but gone, no permission, or no regular file (FIFO, dangling/looping symlink)
 UNREADABLE = "unreadable"  # not a media container PyAV can open (corrupt, truncated, not a video)
-NO_VIDEO_STREAM = "no_video_stream"  # audio-only or data-only container
-UNSUPPORTED = "unsupported"  # declared size/rate/duration nobody can decode (0 fps, 100k x 100k ...)
+NO_VIDEO_STREAM = "no_video_stream"  # audio-only or data-only container (cover art is no video)
+# declared size/rate/duration nobody can decode (0 fps, 100k x 100k ...), too many streams,
+# no decoder for the video codec, a file name that is not UTF-8
+UNSUPPORTED = "unsupported"
 TOO_SHORT = "too_short"  # shorter than one clip
 DECODE_ERROR = "decode_error"  # opened, but decoding the clip window failed
 TIMEOUT = "timeout"  # decoding exceeded data.decode_timeout_s

@@ -9,6 +9,7 @@ Credentials follow the standard AWS chain (environment, ``~/.aws``, instance rol
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Sequence
@@ -106,21 +107,83 @@ def list_videos(uri: str, extensions: Sequence[str], endpoint_override: str | No
         raise SourceError(f"data path {uri!r} does not exist")
     wanted = tuple(e.lower() for e in extensions)
     try:
-        entries = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+        if isinstance(fs, pafs.LocalFileSystem):
+            found = _walk_local(path, wanted)
+        else:
+            entries = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+            found = [e.path for e in entries if e.type == pafs.FileType.File and e.path.lower().endswith(wanted)]
     except OSError as err:
         raise SourceError(f"cannot list data source {uri!r}: {err}") from None
-    files = sorted(
-        e.path for e in entries if e.type == pafs.FileType.File and e.path.lower().endswith(wanted)
-    )
+    files = sorted(found)
     if not files:
         raise SourceError(f"no videos with extensions {', '.join(extensions)} under {uri!r}")
     relative = [PurePosixPath(f).relative_to(path).parts for f in files]
     # Labels come from folders only when every video sits exactly one folder down.
     per_class = all(len(parts) == 2 for parts in relative)
     return [
-        VideoRef(uri=_to_uri(fs, f), label=parts[0] if per_class else None)
+        VideoRef(uri=printable_path(_to_uri(fs, f)), label=printable_path(parts[0]) if per_class else None)
         for f, parts in zip(files, relative)
     ]
+
+
+def _walk_local(root: str, wanted: tuple[str, ...]) -> list[str]:
+    """Every entry under ``root`` whose name ends with one of ``wanted``, regular file or not.
+
+    pyarrow's recursive selector is no good on a hostile folder: it follows a symlink loop
+    (``loop -> .``) until the kernel refuses, listing every file once per level (41 times),
+    and two loops in one folder multiply that into a walk that never ends; one name that
+    is not UTF-8 makes it raise. Here each real directory is entered once (known by device
+    and inode; the root's ancestors count as entered, so ``up -> ../..`` is not followed),
+    and entries with a video name that are not regular files (FIFOs, dangling or looping
+    symlinks) are listed all the same, so that probing reports them instead of the listing
+    hiding them. A folder named like a video (``clips.mp4/``) is a folder.
+    """
+    entered = {_identity(ancestor) for ancestor in PurePosixPath(os.path.realpath(root)).parents}
+    found: list[str] = []
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        identity = _identity(folder)
+        if identity in entered:
+            continue
+        entered.add(identity)
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if _is_folder(entry):
+                    folders.append(entry.path)
+                elif entry.name.lower().endswith(wanted):
+                    found.append(entry.path)
+    return found
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a symlink loop (ELOOP): not a folder, listed so that probing reports it
+        return False
+
+
+def _identity(folder: str | os.PathLike) -> tuple[int, int]:
+    info = os.stat(folder)
+    return info.st_dev, info.st_ino
+
+
+def printable_path(path: str) -> str:
+    """``path`` as valid UTF-8: bytes of a name that is not UTF-8 are written as ``\\xNN``.
+
+    Paths travel in Arrow string columns, which must be UTF-8; Python keeps such bytes as
+    lone surrogates, which Arrow refuses. The printable form names no file: probing finds
+    the original (:func:`unprintable_original`) and reports it instead of decoding it.
+    """
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def unprintable_original(path: str) -> str | None:
+    """The file whose :func:`printable_path` is ``path``, when ``path`` was made that way."""
+    if "\\x" not in path or os.path.lexists(path):
+        return None
+    original = re.sub(r"\\x([89a-f][0-9a-f])", lambda m: chr(0xDC00 + int(m.group(1), 16)), path)
+    return original if original != path and os.path.lexists(original) else None
 
 
 def _read_manifest(fs: pafs.FileSystem, path: str, uri: str) -> list[VideoRef]:

@@ -14,7 +14,7 @@ import ray
 
 from avray.config import DataConfig
 from avray.data.decode import decode_clip, probe
-from avray.data.report import SkipError
+from avray.data.report import DECODE_ERROR, UNREADABLE, SkipError, logger
 
 PROBE_COLUMNS = ("source", "label", "duration", "has_audio", "width", "height", "fps", "reason", "detail")
 
@@ -30,12 +30,27 @@ def probe_videos(batch: dict[str, np.ndarray], cfg: DataConfig) -> dict[str, np.
         try:
             info = probe(str(uri), cfg)
             values = (info.duration, info.has_audio, info.width, info.height, info.fps, "", "")
-        except SkipError as err:
-            values = (0.0, False, 0, 0, 0.0, err.reason, err.detail)
+        except Exception as err:  # noqa: BLE001 - see skip_reason()
+            values = (0.0, False, 0, 0, 0.0, *skip_reason(err, UNREADABLE))
         for name, value in zip(PROBE_COLUMNS, (str(uri), label, *values)):
             rows[name].append(value)
     return {name: np.asarray(values, dtype=object if name in ("source", "label", "reason", "detail") else None)
             for name, values in rows.items()}
+
+
+def skip_reason(err: Exception, unforeseen: str) -> tuple[str, str]:
+    """(reason, detail) for a file that raised ``err``: its SkipError's, else ``unforeseen``.
+
+    Hostile files reach corners of PyAV that raise more than ``FFmpegError`` (a stream
+    without a codec gave AttributeError, a failed seek PermissionError). Raised from a
+    Ray task, any of them would fail the whole job after retries; skipping the one file,
+    with the exception's type and message (and the traceback in the log), keeps the
+    promise that a bad file never does.
+    """
+    if isinstance(err, SkipError):
+        return err.reason, err.detail
+    logger.warning("unforeseen error on a file that is skipped", exc_info=err)
+    return unforeseen, f"unexpected {type(err).__name__}: {err}"
 
 
 def clip_starts(video_duration: float, cfg: DataConfig) -> np.ndarray:
@@ -79,9 +94,9 @@ def decode_clips(batch: dict[str, np.ndarray], cfg: DataConfig, skip_log=None, e
     for i, (source, start) in enumerate(zip(batch["source"], starts)):
         try:
             clip = decode_clip(str(source), start, cfg)
-        except SkipError as err:
+        except Exception as err:  # noqa: BLE001 - see skip_reason()
             if skip_log is not None:
-                skip_log.add.remote(str(source), err.reason, err.detail)
+                skip_log.add.remote(str(source), *skip_reason(err, DECODE_ERROR))
             continue
         if not clip.has_audio and skip_log is not None:
             skip_log.silent.remote(str(source))

@@ -4,8 +4,11 @@
 
 The module comes from a local or ``s3://`` path: a TorchScript file, or an architecture name
 plus a state dict loaded with ``torch.load(weights_only=True)`` (never pickled code, never a
-download). Whatever it returns becomes ``EncoderOutput(pooled [B, D], tokens [B, N, D])``:
-a matrix is the pooled feature; [B, N, D] are tokens (pooled by their mean); a feature map
+download). A TorchScript file is read without Python unpickling, but it is a program: its
+``forward`` runs as code, so use only encoders from a source trusted like code.
+
+Whatever the module returns becomes ``EncoderOutput(pooled [B, D], tokens [B, N, D])``: a
+matrix is the pooled feature; [B, N, D] are tokens (pooled by their mean); a feature map
 [B, C, ...] is flattened into tokens; a ``(pooled, tokens)`` pair, such as avray's own
 encoders return, is taken as it is; a dict needs ``output_key``.
 """

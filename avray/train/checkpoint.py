@@ -1,7 +1,9 @@
 """Checkpoints: one folder per epoch holding the full training state and the config.
 
 Everything is saved as tensors, numbers, strings and containers, so loading uses
-``torch.load(weights_only=True)``: a checkpoint cannot execute code.
+``torch.load(weights_only=True)``: a checkpoint cannot execute code. Checkpoints are copied
+to MLflow and shared, so the config saved with one has URI passwords masked (a tracking URI
+``http://user:***@host``; see ``avray.tracking.tracking_uri`` for how such a config is read back).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 import yaml
 
 from avray.config import Config, config_from_dict
+from avray.tracking import redact
 
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.yaml"
@@ -21,10 +24,20 @@ CONFIG_FILE = "config.yaml"
 def save_state(folder: Path, cfg: Config, state: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(state, folder / STATE_FILE)
-    (folder / CONFIG_FILE).write_text(cfg.to_yaml())
+    (folder / CONFIG_FILE).write_text(redact(cfg.to_yaml()))
+
+
+def checkpoint_uri(checkpoint) -> str:
+    """Where a Ray checkpoint lies, as a user writes it: Ray gives the path inside its
+    filesystem, which for S3 storage lacks the ``s3://``."""
+    import pyarrow.fs as pafs
+
+    return f"s3://{checkpoint.path}" if isinstance(checkpoint.filesystem, pafs.S3FileSystem) else checkpoint.path
 
 
 def load_state(folder: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The saved training state; a file that would run code when unpickled is refused
+    (``pickle.UnpicklingError``) before any of it runs."""
     return torch.load(folder / STATE_FILE, map_location=map_location, weights_only=True)
 
 
@@ -33,7 +46,10 @@ def load_config_of(folder: Path) -> Config:
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder itself, or the newest one under a run's output folder."""
+    """A checkpoint folder itself, or the newest one under a run's output folder. One on
+    ``s3://`` (a cluster's storage) is first copied to a local temporary folder."""
+    if str(path).startswith("s3://"):
+        return _fetch_checkpoint(str(path))
     path = Path(path)
     if (path / STATE_FILE).exists():
         return path
@@ -41,6 +57,27 @@ def find_checkpoint(path: str | Path) -> Path:
     if not candidates:
         raise FileNotFoundError(f"no avray checkpoint ({STATE_FILE}) under {path}")
     return candidates[-1].parent
+
+
+def _fetch_checkpoint(uri: str) -> Path:
+    import tempfile
+
+    import pyarrow.fs as pafs
+
+    from avray.data.sources import filesystem_for
+
+    fs, root = filesystem_for(uri)
+    found = [info for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+             if info.base_name == STATE_FILE]
+    direct = [info for info in found if info.path == f"{root}/{STATE_FILE}"]
+    if not found:
+        raise FileNotFoundError(f"no avray checkpoint ({STATE_FILE}) under {uri}")
+    folder = (direct or sorted(found, key=lambda info: info.mtime))[-1].path.rsplit("/", 1)[0]
+    local = Path(tempfile.mkdtemp(prefix="avray-checkpoint-"))
+    for name in (STATE_FILE, CONFIG_FILE):
+        with fs.open_input_stream(f"{folder}/{name}") as remote:
+            (local / name).write_bytes(remote.read())
+    return local
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu"):

@@ -52,8 +52,10 @@ def log_run_summary(tracker: Tracker, history: list[dict], checkpoint: str | Non
     best = best_epoch(history)
     if best is not None:
         tracker.set_tag("avray.best_epoch", str(int(best["epoch"])))
-    if checkpoint is not None and "://" not in checkpoint:
-        tracker.log_artifact(checkpoint, "checkpoint")
+    if checkpoint is not None:
+        tracker.set_tag("avray.checkpoint", checkpoint)
+        if "://" not in checkpoint:  # a remote checkpoint is already where the cluster can read it
+            tracker.log_artifact(checkpoint, "checkpoint")
     counts = skipped.counts()
     if counts:
         tracker.log_metrics({f"data/skipped/{reason}": n for reason, n in counts.items()}, step=0)

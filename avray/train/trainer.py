@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer
@@ -14,8 +15,10 @@ from ray.train.torch import TorchTrainer
 from avray.config import Config
 from avray.data.pipeline import TrainingData, training_data
 from avray.data.report import SkipReport
+from avray.data.sources import filesystem_for
 from avray.features import for_inputs
 from avray.tracking import Tracker, start_job_run
+from avray.train.checkpoint import checkpoint_uri
 from avray.train.loop import train_loop_per_worker
 
 RUN_NAME = "pretrain"
@@ -28,7 +31,6 @@ class PretrainResult:
     history: list[dict]
     skipped: SkipReport
     tracker: Tracker | None
-    storage: str
 
 
 def scaling(cfg: Config) -> ray.train.ScalingConfig:
@@ -70,13 +72,20 @@ def cache_training_clips(cfg: Config, data: TrainingData) -> bool:
     return (data.num_train_clips + data.num_val_clips) * clip_bytes <= budget
 
 
-def storage_path(output: str) -> str:
-    return output if "://" in output else str(Path(output).resolve())
+def ray_storage(output: str) -> tuple[str, pafs.FileSystem | None]:
+    """Ray's ``storage_path`` and ``storage_filesystem`` for ``output``. Ray resolves an
+    s3:// path with pyarrow, which ignores ``AWS_ENDPOINT_URL``: S3-compatible stores
+    (MinIO, SeaweedFS) need the filesystem avray builds (``avray.data.sources.filesystem_for``)."""
+    if "://" not in output:
+        return str(Path(output).resolve()), None
+    fs, path = filesystem_for(output)
+    return path, fs
 
 
 def build_trainer(cfg: Config, data: TrainingData, output: str, tracker: Tracker | None, cache: bool) -> TorchTrainer:
     """``cache``: read the clips into the object store first (:func:`cache_training_clips`)."""
     scaling_config = scaling(cfg)
+    storage_path, storage_filesystem = ray_storage(output)
     per_worker = max(1, cfg.train.batch_size // scaling_config.num_workers)
     steps_per_epoch = (data.num_train_clips // scaling_config.num_workers) // per_worker
     if steps_per_epoch == 0:
@@ -101,7 +110,8 @@ def build_trainer(cfg: Config, data: TrainingData, output: str, tracker: Tracker
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(
             name=RUN_NAME,
-            storage_path=storage_path(output),
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             # Train V2 patches print() in workers into a logger *and* the original stream, so
@@ -124,10 +134,10 @@ def pretrain(cfg: Config, data_uri: str, output: str, track: bool = True) -> Pre
     trainer = build_trainer(cfg, data, output, tracker, cache)
     result = trainer.fit()
     history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
-    checkpoint = result.checkpoint.path if result.checkpoint else None
+    checkpoint = checkpoint_uri(result.checkpoint) if result.checkpoint else None
     skipped = data.clips.report()
     if tracker is not None:
         from avray.train.report import log_run_summary
 
         log_run_summary(tracker, history, checkpoint, skipped)
-    return PretrainResult(checkpoint, result.metrics or {}, history, skipped, tracker, storage_path(output))
+    return PretrainResult(checkpoint, result.metrics or {}, history, skipped, tracker)

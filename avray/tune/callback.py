@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ray import tune
 
-from avray.tracking import Tracker
+from avray.tracking import Tracker, redact
 from avray.tune.space import LAMBDA
 from avray.tune.trainable import EXPLOITED_FROM
 
@@ -32,8 +32,9 @@ class TrialRuns(tune.Callback):
         self._state: dict = {}
 
     def __getstate__(self):
-        # Tune pickles its callbacks with the experiment; MLflow clients stay behind.
-        return {**self.__dict__, "_trackers": {}, "_state": {}}
+        # Tune pickles its callbacks into the experiment folder: MLflow clients and the
+        # tracking URI's password stay behind (Tracker logs in again with the driver's).
+        return {**self.__dict__, "uri": redact(self.uri), "_trackers": {}, "_state": {}}
 
     def _load(self) -> dict:
         if not self._state:

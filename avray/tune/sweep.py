@@ -22,8 +22,9 @@ from avray.config import Config, ConfigError, with_overrides
 from avray.data.pipeline import training_data
 from avray.data.sources import filesystem_for
 from avray.features import for_inputs
-from avray.tracking import start_job_run
-from avray.train.trainer import storage_path
+from avray.tracking import redact, start_job_run
+from avray.train.checkpoint import checkpoint_uri
+from avray.train.trainer import ray_storage
 from avray.tune.callback import TrialRuns
 from avray.tune.plots import plot_fitness, plot_lambda_trajectories
 from avray.tune.schedulers import build_scheduler, build_search_alg, fitness_metric
@@ -77,11 +78,12 @@ def tune_losses(cfg: Config, data_uri: str, output: str) -> SweepResult:
         {"CPU": cfg.tune.cpus_per_trial, "GPU": cfg.tune.gpus_per_trial},
     )
     parent = start_job_run(cfg, output, job="tune")
-    root = storage_path(output)
-    experiment_path = f"{root}/{EXPERIMENT}" if "://" in root else str(Path(root) / EXPERIMENT)
-    if tune.Tuner.can_restore(experiment_path):
-        print(f"[avray] resuming the sweep in {experiment_path}", flush=True)
-        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True)
+    root, filesystem = ray_storage(output)
+    experiment_path = f"{root}/{EXPERIMENT}"
+    if tune.Tuner.can_restore(experiment_path, storage_filesystem=filesystem):
+        print(f"[avray] resuming the sweep in {output.rstrip('/')}/{EXPERIMENT}", flush=True)
+        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True,
+                                   storage_filesystem=filesystem)
     else:
         state_file = str(Path(output) / "trial_runs.json") if "://" not in output else \
             str(Path(tempfile.gettempdir()) / f"avray-trial-runs-{parent.run_id}.json")
@@ -94,7 +96,7 @@ def tune_losses(cfg: Config, data_uri: str, output: str) -> SweepResult:
                 trial_dirname_creator=_trial_folder,
             ),
             run_config=tune.RunConfig(
-                name=EXPERIMENT, storage_path=root,
+                name=EXPERIMENT, storage_path=root, storage_filesystem=filesystem,
                 # Each trial stops after train.epochs, also after PBT handed it another's checkpoint.
                 stop={"epoch": cfg.train.epochs},
                 failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
@@ -105,7 +107,8 @@ def tune_losses(cfg: Config, data_uri: str, output: str) -> SweepResult:
             ),
         )
     grid = tuner.fit()
-    return _summarise(cfg, grid, metric, experiment_path, parent, output)
+    return _summarise(cfg, grid, metric, f"{output.rstrip('/')}/{EXPERIMENT}" if "://" in output else experiment_path,
+                      parent, output)
 
 
 def _trial_row(result, metric: str, objectives: list[str]) -> dict:
@@ -123,7 +126,7 @@ def _trial_row(result, metric: str, objectives: list[str]) -> dict:
         "final_fitness": last.get(metric),
         "best_fitness": max(fitness) if fitness else None,
         "final_knn_accuracy": last.get("val/knn_accuracy"),
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "checkpoint": checkpoint_uri(result.checkpoint) if result.checkpoint else None,
         "history": rows,
     }
 
@@ -146,7 +149,7 @@ def _summarise(cfg: Config, grid, metric: str, experiment_path: str, parent, out
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(trials)
-    (folder / "best_mixture.yaml").write_text(best_cfg.to_yaml())
+    (folder / "best_mixture.yaml").write_text(redact(best_cfg.to_yaml()))
     histories = {t["trial"]: t["history"] for t in trials}
     parent.log_artifact(folder / "trials.csv")
     parent.log_artifact(folder / "best_mixture.yaml")

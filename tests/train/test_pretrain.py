@@ -14,7 +14,7 @@ import pytest
 
 from avray.train.checkpoint import load_model, load_state
 from avray.train.trainer import pretrain
-from tests.tiny import make_tiny_corpus, tiny_config
+from tests.tiny import TINY, make_tiny_corpus, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -118,3 +118,24 @@ def test_training_spans_two_nodes(ray_two_nodes, corpus, tmp_path):
     result = pretrain(cfg, corpus, str(tmp_path / "two-nodes"), track=False)
     assert result.metrics["num_nodes"] == 2 and result.metrics["world_size"] == 2
     assert result.history[-1]["global_step"] > 0
+
+
+def test_checkpoints_on_s3_are_named_by_uri_and_load_back(corpus, s3_env, tmp_path):
+    """A cluster's runs write to object storage (here an S3-compatible server, which Ray's own
+    s3:// resolution cannot reach): the run names its checkpoint as a user writes it, MLflow is
+    told where it is, and evaluation loads it from there. A subprocess, as Ray workers take
+    their AWS environment from the cluster's start."""
+    s3_env.client().create_bucket(Bucket="runs")
+    settings = [f"--set={item}" for item in (*TINY, f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                                             "train.epochs=1", "train.num_workers=1")]
+    out = subprocess.run([sys.executable, "workflows/pretrain.py", "--data", corpus, "--output", "s3://runs/pretrain-1",
+                          *settings], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("avray").experiment_id])
+    checkpoint = run.data.tags["avray.checkpoint"]
+    assert checkpoint.startswith("s3://runs/pretrain-1/pretrain/checkpoint_") and run.info.status == "FINISHED"
+    assert f"checkpoint: {checkpoint}" in out.stdout
+    for location in (checkpoint, "s3://runs/pretrain-1"):
+        model, saved_cfg = load_model(location)
+        assert saved_cfg.model.embed_dim == 16 and sum(p.numel() for p in model.parameters()) > 0

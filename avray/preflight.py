@@ -1,0 +1,160 @@
+"""Start-up checks: what a job reads, writes and logs to, checked in seconds before any cluster work.
+
+Without them a wrong data path surfaces only once Ray is up, a dead S3 endpoint or MLflow
+server only after minutes of retries (pyarrow's and MLflow's defaults), and with a Ray
+address that does not answer, never. Each failure here is one line naming what is wrong
+and what to set: a :class:`PreflightError`, or the ``SourceError`` the data layer raises
+for a missing or empty data path. ``avray.cli.run`` prints it as ``error: ...`` and exits 2.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pyarrow.fs as pafs
+
+from avray.config import Config, DataConfig
+from avray.data.sources import filesystem_for, is_prepared, list_videos
+from avray.tracking import tracking_uri
+
+# Short timeouts and one retry: an endpoint that is up answers well within them, and one
+# that is down fails the check in seconds.
+S3_CONNECT_TIMEOUT_S = 3.0
+S3_REQUEST_TIMEOUT_S = 5.0
+S3_ATTEMPTS = 2
+MLFLOW_TIMEOUT_S = 5.0
+
+# Words in pyarrow's S3 errors (from the AWS SDK and curl) that tell the failures apart.
+S3_UNREACHABLE = ("NETWORK_CONNECTION", "curlCode")
+S3_REFUSED = ("ACCESS_DENIED", "InvalidAccessKeyId", "SignatureDoesNotMatch", "HTTP status 403")
+
+
+class PreflightError(ValueError):
+    """Something outside the config keeps the job from starting; the message says what to fix."""
+
+
+def check_job(cfg: Config, *, data: str | None = None, output: str | None = None, track: bool = False) -> None:
+    """What a job needs before it starts: its data source, its output location and, for a
+    job that logs to MLflow (``track``), the tracking server."""
+    if data is not None:
+        check_data(data, cfg.data)
+    if output is not None:
+        check_output(output, cfg.data.endpoint_override)
+    if track:
+        # Only a server can fail to answer, and the output folder only places the sqlite
+        # default (a remote one would have tracking_uri warn twice).
+        check_tracking_server(tracking_uri(cfg.tracking, output="."))
+
+
+def check_data(uri: str, cfg: DataConfig) -> None:
+    """``uri`` holds prepared clips, or videos (a manifest is read: it must list some).
+
+    An S3 prefix that exists is not listed here: listing a large bucket takes minutes, and
+    the pipeline lists it anyway; a missing one is.
+    """
+    fs, path = filesystem_for(uri, cfg.endpoint_override)
+    if isinstance(fs, pafs.S3FileSystem) and _s3_file_info(uri, fs, path).type == pafs.FileType.Directory:
+        return
+    if not is_prepared(uri, cfg.endpoint_override):
+        list_videos(uri, cfg.extensions, cfg.endpoint_override)
+
+
+def check_output(uri: str, endpoint_override: str | None = None) -> None:
+    """An S3 output's bucket exists and takes the credentials; a local output is a folder
+    this process can write, or can be created (nothing is created here)."""
+    fs, path = filesystem_for(uri, endpoint_override)
+    if isinstance(fs, pafs.S3FileSystem):
+        _s3_file_info(uri, fs, path.split("/", 1)[0])
+        return
+    target = Path(path)
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        raise PreflightError(f"output {uri}: {existing} is a file, not a folder; give another --output")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PreflightError(f"output {uri}: {existing} is not writable by this user; give another --output")
+
+
+def _s3_file_info(uri: str, fs: pafs.S3FileSystem, path: str) -> pafs.FileInfo:
+    """``path`` (``bucket/key``) as the endpoint of ``fs`` sees it, asked without pyarrow's long
+    retries; an endpoint that does not answer, refused credentials and a missing bucket are
+    each a PreflightError naming the endpoint. ``uri`` is what the user wrote."""
+    quick = pafs.S3FileSystem(**{
+        **_s3_options(fs), "connect_timeout": S3_CONNECT_TIMEOUT_S, "request_timeout": S3_REQUEST_TIMEOUT_S,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS)})
+    bucket = path.split("/", 1)[0]
+    try:
+        info = quick.get_file_info(path)
+        if info.type == pafs.FileType.NotFound and quick.get_file_info(bucket).type == pafs.FileType.NotFound:
+            raise PreflightError(f"bucket {bucket!r} does not exist at the S3 endpoint {_s3_endpoint(fs)}: "
+                                 f"create it, or fix {uri}")
+    except OSError as err:
+        raise PreflightError(_s3_failure(uri, _s3_endpoint(fs), err)) from None
+    return info
+
+
+def _s3_endpoint(fs: pafs.S3FileSystem) -> str:
+    """The endpoint ``fs`` talks to, fit to print."""
+    options = _s3_options(fs)
+    if options["endpoint_override"]:
+        return without_userinfo(f"{options['scheme']}://{options['endpoint_override']}")
+    return f"https://s3.{options['region'] or 'us-east-1'}.amazonaws.com"
+
+
+def _s3_options(fs: pafs.S3FileSystem) -> dict:
+    """The keyword arguments ``fs`` was built with (pyarrow pickles an S3FileSystem as them)."""
+    _, (options,) = fs.__reduce__()
+    return options
+
+
+def _s3_failure(uri: str, endpoint: str, err: OSError) -> str:
+    # pyarrow's message: "When getting information for key ... in bucket ...: AWS Error ...".
+    detail = " ".join(str(err).split(": ", 1)[-1].split())
+    if any(word in detail for word in S3_UNREACHABLE):
+        return (f"cannot reach the S3 endpoint {endpoint} for {uri} ({detail}): start it, or set "
+                "AWS_ENDPOINT_URL or data.endpoint_override to the endpoint that serves the bucket")
+    if any(word in detail for word in S3_REFUSED):
+        return (f"the S3 endpoint {endpoint} refused the credentials for {uri} ({detail}): check "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and the bucket's permissions")
+    return f"the S3 endpoint {endpoint} cannot serve {uri}: {detail}"
+
+
+def check_tracking_server(uri: str) -> None:
+    """An http(s) MLflow tracking server answers ``GET /health`` within seconds. Any answer
+    but a 5xx will do: a proxy may guard the route, and whether a TLS certificate is trusted
+    is for MLflow's own settings (``MLFLOW_TRACKING_INSECURE_TLS``, ...) to say. A local
+    store (sqlite, a folder) needs no server."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    health = urlunsplit(urlsplit(without_userinfo(uri))._replace(path=parts.path.rstrip("/") + "/health",
+                                                                  query="", fragment=""))
+    try:
+        with urllib.request.urlopen(health, timeout=MLFLOW_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError as err:
+        err.close()
+        if err.code < 500:
+            return
+        reason = f"HTTP {err.code} {err.reason}"
+    except urllib.error.URLError as err:  # refused, no such host, a TLS handshake
+        if isinstance(err.reason, ssl.SSLError):
+            return
+        reason = str(err.reason)
+    except (OSError, ValueError) as err:  # timed out while reading, a malformed port
+        reason = str(err)
+    raise PreflightError(
+        f"MLflow tracking server {without_userinfo(uri)} does not answer ({reason}): start it, or fix "
+        "tracking.tracking_uri / MLFLOW_TRACKING_URI (unset both to log to a sqlite file in the output folder)")
+
+
+def without_userinfo(uri: str) -> str:
+    """``uri`` without ``user:password@``: fit to print, and what urllib can open."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))

@@ -1,0 +1,261 @@
+"""Errors before work: every workflow answers a user error with one line on stderr (``error: ...``)
+and exit code 2, before it starts Ray or creates its output.
+
+Most faults run a workflow's ``main`` in this process with Ray start-up made to fail the test;
+``test_the_real_cli_fails_before_joining_ray`` runs a few as a user does, ``python workflows/X.py``,
+against a Ray address where nothing listens: a workflow that tried Ray first would hang there.
+"""
+
+import os
+import runpy
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from avray import cli
+from avray.config import Config
+from avray.train.checkpoint import CONFIG_FILE, STATE_FILE
+from tests.test_preflight import closed_port
+
+ROOT = Path(__file__).resolve().parents[1]
+DEAD_RAY = "127.0.0.1:1"
+# Settings of the machine running the tests that would change what a workflow checks.
+AMBIENT = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+@dataclass
+class Scene:
+    """A workflow's surroundings: a folder with one (unread) video, an output path, the environment."""
+
+    tmp: Path
+    monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest | None = None
+
+    def __post_init__(self):
+        for key in AMBIENT:
+            self.monkeypatch.delenv(key, raising=False)
+
+    @property
+    def videos(self) -> str:
+        return self.folder("videos", {"a.mp4": "x"})
+
+    @property
+    def output(self) -> Path:
+        return self.tmp / "out"
+
+    @property
+    def checkpoint(self) -> str:
+        """A checkpoint folder as evaluate.py and embed.py find it (the checks never load its weights)."""
+        return self.folder("checkpoint", {STATE_FILE: "", CONFIG_FILE: Config().to_yaml()})
+
+    def folder(self, name: str, files: dict[str, str]) -> str:
+        folder = self.tmp / name
+        folder.mkdir(exist_ok=True)
+        for file, text in files.items():
+            (folder / file).write_text(text)
+        return str(folder)
+
+    def file(self, name: str, text: str) -> str:
+        (self.tmp / name).write_text(text)
+        return str(self.tmp / name)
+
+    def dead_s3_endpoint(self) -> str:
+        endpoint = f"http://127.0.0.1:{closed_port()}"
+        self.setenv(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="AKIAPREFLIGHT", AWS_SECRET_ACCESS_KEY="s3-secret",
+                    AWS_REGION="us-east-1")
+        return endpoint
+
+    def s3_server(self):
+        """The SeaweedFS server of the tests, with the standard AWS variables set for it."""
+        server = self.request.getfixturevalue("s3_server")
+        self.setenv(**server.env())
+        return server
+
+    def setenv(self, **values: str) -> None:
+        for key, value in values.items():
+            self.monkeypatch.setenv(key, value)
+
+
+# Each fault: the workflow, and a function of the Scene giving its arguments (without --output:
+# every run writes to Scene.output) and the words the one line must hold.
+def unknown_key(s):
+    return ["--data", s.videos, "--set", "train.epochz=3"], ["unknown config key train.epochz", "valid keys under train"]
+
+
+def wrong_type(s):
+    return ["--data", s.videos, "--set", "train.epochs=abc"], ["train.epochs must be an integer, got 'abc'"]
+
+
+def list_for_a_number(s):
+    return (["--data", s.videos, "--config", s.file("c.yaml", "train:\n  lr: [0.1, 0.2]\n")],
+            ["train.lr must be a number, got [0.1, 0.2]"])
+
+
+def bad_yaml(s):
+    config = s.file("c.yaml", "train:\n  epochs: 3\n lr: 0.1\n")
+    return ["--data", s.videos, "--config", config], [f"config file {config} is not valid YAML", "line 3, column 2"]
+
+
+def missing_config(s):
+    return (["--data", s.videos, "--config", str(s.tmp / "nope.yaml")],
+            [f"config file {s.tmp / 'nope.yaml'} does not exist"])
+
+
+def missing_data(s):
+    return ["--data", str(s.tmp / "nowhere")], [f"data path '{s.tmp / 'nowhere'}' does not exist"]
+
+
+def empty_data_folder(s):
+    return ["--data", s.folder("empty", {})], [f"no videos with extensions .mp4, .mkv, .webm, .avi, .mov under '{s.tmp / 'empty'}'"]
+
+
+def empty_manifest(s):
+    manifest = s.file("list.csv", "")
+    return ["--data", manifest], [f"cannot read manifest '{manifest}'"]
+
+
+def unreachable_s3(s):
+    endpoint = s.dead_s3_endpoint()
+    return (["--data", "s3://corpus/videos"],
+            [f"cannot reach the S3 endpoint {endpoint} for s3://corpus/videos", "AWS_ENDPOINT_URL", "data.endpoint_override"])
+
+
+def unreachable_s3_output(s):
+    endpoint = s.dead_s3_endpoint()
+    return (["--data", s.videos, "--output", "s3://clips/prepared"],
+            [f"cannot reach the S3 endpoint {endpoint} for s3://clips/prepared"])
+
+
+def s3_wrong_credentials(s):
+    server = s.s3_server()
+    s.setenv(AWS_SECRET_ACCESS_KEY="wrong-s3-secret")
+    return (["--data", "s3://corpus/videos"],
+            [f"the S3 endpoint {server.endpoint} refused the credentials for s3://corpus/videos", "AWS_SECRET_ACCESS_KEY"])
+
+
+def s3_missing_bucket_output(s):
+    server = s.s3_server()
+    return (["--checkpoint", s.checkpoint, "--data", s.videos, "--output", "s3://no-such-bucket/embeddings"],
+            [f"bucket 'no-such-bucket' does not exist at the S3 endpoint {server.endpoint}"])
+
+
+def unreachable_mlflow(s):
+    port = closed_port()
+    s.setenv(MLFLOW_TRACKING_URI=f"http://avray:mlflow-secret@127.0.0.1:{port}")
+    return (["--data", s.videos],
+            [f"MLflow tracking server http://127.0.0.1:{port} does not answer", "MLFLOW_TRACKING_URI"])
+
+
+def output_is_a_file(s):
+    taken = s.file("taken", "x")
+    return ["--data", s.videos, "--output", taken], [f"output {taken}: {taken} is a file, not a folder"]
+
+
+def unknown_scheduler(s):
+    return (["--data", s.videos, "--set", "tune.scheduler=evolve"],
+            ["tune.scheduler must be one of 'pbt', 'pb2', 'asha', 'fifo'; got 'evolve'"])
+
+
+def evaluate_missing_data(s):
+    return ["--checkpoint", s.checkpoint, "--data", str(s.tmp / "test-videos")], ["data path", "does not exist"]
+
+
+def evaluate_unreachable_mlflow(s):
+    port = closed_port()
+    return (["--checkpoint", s.checkpoint, "--data", s.videos, "--set", f"tracking.tracking_uri=http://127.0.0.1:{port}"],
+            [f"MLflow tracking server http://127.0.0.1:{port} does not answer"])
+
+
+def demo_unreachable_mlflow(s):
+    _, words = unreachable_mlflow(s)
+    return [], words
+
+
+FAULTS = [
+    *(("pretrain.py", fault) for fault in (
+        unknown_key, wrong_type, list_for_a_number, bad_yaml, missing_config, missing_data, empty_data_folder,
+        empty_manifest, unreachable_s3, s3_wrong_credentials, unreachable_mlflow, output_is_a_file)),
+    ("tune_losses.py", unknown_scheduler),
+    ("tune_losses.py", unreachable_mlflow),
+    ("prepare.py", empty_data_folder),
+    ("prepare.py", unreachable_s3_output),
+    ("evaluate.py", evaluate_missing_data),
+    ("evaluate.py", evaluate_unreachable_mlflow),
+    ("embed.py", s3_missing_bucket_output),
+    ("extract_features.py", bad_yaml),
+    ("demo.py", demo_unreachable_mlflow),
+]
+
+
+@pytest.fixture
+def scene(tmp_path, monkeypatch, request):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the workflow started Ray before checking its inputs")
+
+    monkeypatch.setattr(cli, "init_ray", refuse)
+    return Scene(tmp_path, monkeypatch, request)
+
+
+def assert_one_line_error(code: int, stderr: str, words: list[str]) -> None:
+    assert code == cli.EXIT_USAGE, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for word in words:
+        assert word in lines[0]
+    assert "secret" not in lines[0]  # every password and key the faults set holds the word
+
+
+@pytest.mark.parametrize("script, fault", FAULTS, ids=[f"{script}:{fault.__name__}" for script, fault in FAULTS])
+def test_a_user_error_is_one_line_and_exit_2_before_any_work(scene, capsys, script, fault):
+    args, words = fault(scene)
+    if "--output" not in args:
+        args = [*args, "--output", str(scene.output)]
+    main = runpy.run_path(str(ROOT / "workflows" / script))["main"]
+    with pytest.raises(SystemExit) as exited:
+        cli.run(main, [*args, "--ray-address", DEAD_RAY])
+    assert_one_line_error(exited.value.code, capsys.readouterr().err, words)
+    assert not scene.output.exists()
+
+
+# Run as a user runs them, all at once: each spends seconds importing torch and Ray.
+REAL_RUNS = {
+    "pretrain.py:unreachable_mlflow": ("pretrain.py", unreachable_mlflow),
+    "prepare.py:unreachable_s3": ("prepare.py", unreachable_s3),
+    "evaluate.py:missing_data": ("evaluate.py", evaluate_missing_data),
+}
+
+
+def start_real_run(script, fault, tmp: Path) -> tuple[subprocess.Popen, list[str], Path]:
+    """``python workflows/<script>`` with ``fault``'s arguments and environment, RAY_ADDRESS where nothing listens."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        scene = Scene(tmp, monkeypatch)
+        monkeypatch.setenv("RAY_ADDRESS", DEAD_RAY)
+        args, words = fault(scene)
+        env = dict(os.environ)
+    process = subprocess.Popen([sys.executable, f"workflows/{script}", *args, "--output", str(scene.output)],
+                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return process, words, scene.output
+
+
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory):
+    """(stderr, exit code, words the line must hold, output path) of each of REAL_RUNS."""
+    started = {name: start_real_run(script, fault, tmp_path_factory.mktemp(name.replace(":", "-")))
+               for name, (script, fault) in REAL_RUNS.items()}
+    try:
+        # A workflow that joined Ray first would hang on the dead address: the timeout fails it.
+        return {name: (process.communicate(timeout=120)[1], process.returncode, words, output)
+                for name, (process, words, output) in started.items()}
+    finally:
+        for process, _, _ in started.values():
+            process.kill()
+
+
+@pytest.mark.parametrize("name", REAL_RUNS)
+def test_the_real_cli_fails_before_joining_ray(real_runs, name):
+    stderr, code, words, output = real_runs[name]
+    assert_one_line_error(code, stderr, words)
+    assert not output.exists()

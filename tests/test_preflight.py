@@ -1,0 +1,184 @@
+"""Start-up checks (avray.preflight): each failure within seconds, in one line naming what to fix."""
+
+import http.server
+import socket
+import threading
+import time
+
+import pytest
+
+from avray.config import DataConfig
+from avray.data.sources import PREPARED_MARKER, SourceError
+from avray.preflight import PreflightError, check_data, check_output, check_tracking_server, without_userinfo
+
+# Generous: a check that fails fast takes well under a second here; pyarrow's and MLflow's
+# default retries take from seconds to minutes.
+FAST_S = 15
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on: one the OS just handed out, released."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one_line(err: pytest.ExceptionInfo) -> str:
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_videos_manifests_and_prepared_clips_pass(tmp_path):
+    (tmp_path / "videos" / "cat").mkdir(parents=True)
+    (tmp_path / "videos" / "cat" / "a.mp4").write_bytes(b"x")
+    (tmp_path / "list.csv").write_text("path\nvideos/cat/a.mp4\n")
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / PREPARED_MARKER).write_text("{}")
+    for data in ("videos", "list.csv", "clips"):
+        check_data(str(tmp_path / data), DataConfig())
+
+
+@pytest.mark.parametrize("data, files, message", [
+    ("missing", {}, "does not exist"),
+    ("", {}, "no videos with extensions"),
+    ("", {"notes.txt": b"x"}, "no videos with extensions"),
+    ("m.csv", {"m.csv": b""}, "cannot read manifest"),
+    ("m.parquet", {"m.parquet": b"not parquet"}, "cannot read manifest"),
+    ("m.csv", {"m.csv": b"path\n"}, "lists no videos"),
+], ids=["missing path", "empty folder", "no videos", "empty manifest", "unreadable manifest", "manifest without rows"])
+def test_unusable_local_data_says_what_is_wrong(tmp_path, data, files, message):
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    data = str(tmp_path / data)
+    with pytest.raises(SourceError) as err:
+        check_data(data, DataConfig())
+    assert message in one_line(err) and data in str(err.value)
+
+
+@pytest.fixture
+def dead_s3_endpoint(monkeypatch):
+    """The standard AWS variables, pointing at an endpoint where nothing listens."""
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "AKIAPREFLIGHT",
+                       "AWS_SECRET_ACCESS_KEY": "preflight-secret", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    return endpoint
+
+
+@pytest.mark.parametrize("check", [
+    lambda: check_data("s3://corpus/videos", DataConfig()),
+    lambda: check_output("s3://corpus/runs/1"),
+], ids=["data", "output"])
+def test_an_unreachable_s3_endpoint_fails_fast_and_says_what_to_set(dead_s3_endpoint, check):
+    started = time.monotonic()
+    with pytest.raises(PreflightError) as err:
+        check()
+    assert time.monotonic() - started < FAST_S
+    message = one_line(err)
+    assert message.startswith(f"cannot reach the S3 endpoint {dead_s3_endpoint} for s3://corpus/")
+    assert "AWS_ENDPOINT_URL" in message and "data.endpoint_override" in message
+    assert "preflight-secret" not in message
+
+
+def test_the_configured_endpoint_is_the_one_checked(monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    with pytest.raises(PreflightError, match=f"cannot reach the S3 endpoint {endpoint} "):
+        check_data("s3://corpus/videos", DataConfig(endpoint_override=endpoint))
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server):
+    client = s3_server.client()
+    client.create_bucket(Bucket="preflight")
+    client.put_object(Bucket="preflight", Key="videos/a/1.mp4", Body=b"x")
+    client.put_object(Bucket="preflight", Key="lists/empty.csv", Body=b"path\n")
+    return "preflight"
+
+
+def test_s3_data_and_outputs_that_exist_pass(s3_env, bucket):
+    check_data("s3://preflight/videos", DataConfig())
+    check_output("s3://preflight/runs/not-yet-written")
+
+
+def test_s3_wrong_credentials_are_told_apart(s3_env, bucket, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    for check in (lambda: check_data("s3://preflight/videos", DataConfig()), lambda: check_output("s3://preflight/o")):
+        with pytest.raises(PreflightError) as err:
+            check()
+        message = one_line(err)
+        assert message.startswith(f"the S3 endpoint {s3_env.endpoint} refused the credentials for s3://preflight/")
+        assert "AWS_SECRET_ACCESS_KEY" in message and "wrong-secret" not in message
+
+
+def test_s3_missing_bucket_empty_prefix_and_empty_manifest(s3_env, bucket):
+    for check in (lambda: check_data("s3://no-such-bucket/videos", DataConfig()),
+                  lambda: check_output("s3://no-such-bucket/runs")):
+        with pytest.raises(PreflightError, match=f"bucket 'no-such-bucket' does not exist at the S3 endpoint "
+                                                 f"{s3_env.endpoint}: create it, or fix s3://no-such-bucket/"):
+            check()
+    with pytest.raises(SourceError, match="no videos with extensions .* under 's3://preflight/nothing'"):
+        check_data("s3://preflight/nothing", DataConfig())
+    with pytest.raises(SourceError, match="lists no videos"):
+        check_data("s3://preflight/lists/empty.csv", DataConfig())
+
+
+def test_a_local_output_must_be_a_folder_this_user_can_write(tmp_path):
+    check_output(str(tmp_path / "new" / "run"))
+    assert not (tmp_path / "new").exists()  # checked, not created
+    (tmp_path / "taken").write_text("x")
+    for output in (tmp_path / "taken", tmp_path / "taken" / "run"):
+        with pytest.raises(PreflightError, match=f"{tmp_path / 'taken'} is a file, not a folder"):
+            check_output(str(output))
+
+
+class StatusHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every request with the status its first path segment names: ``GET /503/health``."""
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        self.send_response(int(self.path.split("/")[1]))
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def http_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StatusHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_tracking_server_that_answers_passes(http_server):
+    for status in (200, 401, 404):  # an auth proxy may guard /health: it answers all the same
+        check_tracking_server(f"{http_server}/{status}")
+    check_tracking_server(http_server.replace("http://", "https://") + "/200")  # TLS is MLflow's to judge
+    with pytest.raises(PreflightError, match=r"\(HTTP 503 Service Unavailable\)"):
+        check_tracking_server(f"{http_server}/503")
+
+
+def test_an_unreachable_tracking_server_fails_fast_without_its_password():
+    uri = f"http://mlflow-user:hunter2@127.0.0.1:{closed_port()}/prefix"
+    started = time.monotonic()
+    with pytest.raises(PreflightError) as err:
+        check_tracking_server(uri)
+    assert time.monotonic() - started < FAST_S
+    message = one_line(err)
+    assert message.startswith(f"MLflow tracking server {without_userinfo(uri)} does not answer (")
+    assert "hunter2" not in message and "mlflow-user" not in message
+    assert "tracking.tracking_uri" in message and "MLFLOW_TRACKING_URI" in message
+
+
+def test_local_tracking_stores_need_no_server(tmp_path):
+    for uri in (f"sqlite:///{tmp_path}/missing/mlflow.db", str(tmp_path / "mlruns"), f"file://{tmp_path}"):
+        check_tracking_server(uri)
+
+
+def test_userinfo_is_stripped_and_nothing_else():
+    assert without_userinfo("https://user:p%40ss@host:5000/a?b=1") == "https://host:5000/a?b=1"
+    assert without_userinfo("https://token@host/a") == "https://host/a"
+    assert without_userinfo("http://host:5000") == "http://host:5000"

@@ -11,7 +11,8 @@ import pytest  # noqa: E402
 def _start_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # "local": a cluster of its own, never one that another process on the machine started.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,9 @@
-"""PyAV: probing containers and decoding one clip window into fixed-shape arrays.
+"""PyAV: probing containers and decoding clip windows into fixed-shape arrays.
 
-Decoding is the expensive part of the whole data plane, so it does only what the clip
-needs: seek to the keyframe before the window, decode up to its end, convert only the
+Decoding is the expensive part of the whole data plane, so it does only what the clips
+need: seek to the keyframe before a window, decode up to its end, convert only the
 frames that are kept, scale in libswscale (PyAV's ``reformat``) and resample audio with
-``av.AudioResampler``. Each call decodes on one thread: parallelism comes from Ray,
+``av.AudioResampler``; a video's overlapping windows share one pass. Each call decodes on one thread: parallelism comes from Ray,
 and one thread per process keeps a 2-core machine from oversubscribing.
 """
 
@@ -17,7 +17,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import av
 import numpy as np
@@ -245,14 +245,32 @@ class DecodedClip:
 
 
 def decode_clip(uri: str, start: float, cfg: DataConfig) -> DecodedClip:
-    """Decode ``[start, start + clip_seconds)`` of ``uri`` into the clip-row arrays.
+    """Decode ``[start, start + clip_seconds)`` of ``uri`` into the clip-row arrays
+    (:func:`decode_clips_of_video` with one window); raises SkipError when it cannot."""
+    (clip,) = decode_clips_of_video(uri, [start], cfg)
+    if isinstance(clip, SkipError):
+        raise clip
+    return clip
+
+
+def decode_clips_of_video(uri: str, starts: Sequence[float], cfg: DataConfig) -> list[DecodedClip | SkipError]:
+    """Decode the windows ``[start, start + clip_seconds)`` of one video into clip-row arrays,
+    in the order of ``starts``; a window that cannot be decoded gives its SkipError instead.
 
     Frames are sampled at ``cfg.fps`` (the last source frame at or before each sample
     time), scaled so the short side is ``frame_size`` and centre-cropped square. Audio is
     resampled to mono ``cfg.sample_rate``, then trimmed or zero-padded to exactly
     ``clip_seconds`` (AAC pads its output). A video without audio gets silence.
+
+    The file is opened once. Windows that overlap or nearly touch (K uniform clips of a
+    short video always do) are decoded in one pass from one seek: every source frame is
+    decoded once, converted once however many windows keep it, and the audio is resampled
+    once; a gap longer than a clip is sought over instead. Each pass has
+    ``decode_timeout_s`` per window in it. Raises SkipError when the file itself is unusable.
     """
-    deadline = Deadline(cfg.decode_timeout_s, f"decoding the clip at {start:.2f} s")
+    results: list[DecodedClip | SkipError | None] = [None] * len(starts)
+    order = sorted(range(len(starts)), key=lambda i: starts[i])
+    deadline = Deadline(cfg.decode_timeout_s, "opening")
     with open_media(uri, deadline, cfg.endpoint_override) as container:
         video_stream = _video_stream(container)
         video_stream.codec_context.thread_count = 1
@@ -260,36 +278,71 @@ def decode_clip(uri: str, start: float, cfg: DataConfig) -> DecodedClip:
         # bitstream itself declares a bigger picture than the header did.
         video_stream.codec_context.options = {"max_pixels": str(MAX_PIXELS)}
         audio_stream = container.streams.audio[0] if container.streams.audio else None
-        frames = _FrameSampler(start, cfg)
-        audio = _AudioWindow(start, cfg) if audio_stream is not None else None
-        video_t0 = _start_time(video_stream)
-        audio_t0 = _start_time(audio_stream) if audio_stream is not None else 0.0
-        _seek(container, video_stream, start + video_t0)
+        for run in _passes([starts[i] for i in order], cfg.clip_seconds):
+            indices = order[: len(run)]
+            order = order[len(run):]
+            for i, clip in zip(indices, _decode_pass(container, video_stream, audio_stream, run, cfg)):
+                results[i] = clip
+    return results
+
+
+def _passes(sorted_starts: list[float], clip_seconds: float) -> list[list[float]]:
+    """``sorted_starts`` cut where the gap to the next window exceeds one clip: decoding
+    through a shorter gap costs less than seeking back to a keyframe before the next window."""
+    runs: list[list[float]] = []
+    for start in sorted_starts:
+        if runs and start <= runs[-1][-1] + 2 * clip_seconds:
+            runs[-1].append(start)
+        else:
+            runs.append([start])
+    return runs
+
+
+def _decode_pass(container, video_stream, audio_stream, starts: list[float], cfg: DataConfig) -> list[DecodedClip | SkipError]:
+    """The windows at ``starts`` (sorted) decoded from one seek, in one pass over the packets."""
+    deadline = Deadline(cfg.decode_timeout_s * len(starts), f"decoding {len(starts)} overlapping clip(s)")
+    converted = _Converter(cfg.frame_size)
+    windows = [_FrameSampler(start, cfg, converted) for start in starts]
+    end = starts[-1] + cfg.clip_seconds
+    audio = _AudioTrack(starts[0], end, cfg.sample_rate) if audio_stream is not None else None
+    video_t0 = _start_time(video_stream)
+    audio_t0 = _start_time(audio_stream) if audio_stream is not None else 0.0
+    failure: SkipError | None = None
+    try:
+        _seek(container, video_stream, starts[0] + video_t0)
         streams = [video_stream] + ([audio_stream] if audio_stream is not None else [])
-        try:
-            for packet in _packets(container, deadline, *streams):
-                try:
-                    decoded = packet.decode()
-                except av.FFmpegError:
-                    # One corrupt packet loses a frame, not the clip; missing frames are checked below.
-                    continue
-                for frame in decoded:
-                    if packet.stream is video_stream:
-                        frames.offer(frame, frame.time - video_t0 if frame.time is not None else None)
-                    elif audio is not None and frame.time is not None:
-                        audio.offer(frame, frame.time - audio_t0)
-                if frames.done and (audio is None or audio.done):
-                    break
-        except av.FFmpegError as err:
-            if not frames.enough:
-                raise SkipError(DECODE_ERROR, f"clip at {start:.2f} s: {err}") from None
-        if not frames.enough:
-            raise SkipError(DECODE_ERROR, f"clip at {start:.2f} s: only {frames.count}/{cfg.num_frames} frames decoded")
-        return DecodedClip(
-            video=frames.result(),
-            audio=audio.result() if audio is not None else np.zeros(cfg.num_samples, np.float32),
-            has_audio=audio is not None,
-        )
+        for packet in _packets(container, deadline, *streams):
+            try:
+                decoded = packet.decode()
+            except av.FFmpegError:
+                # One corrupt packet loses a frame, not the clip; missing frames are checked below.
+                continue
+            for frame in decoded:
+                if packet.stream is video_stream:
+                    if frame.time is not None:
+                        for window in windows:
+                            window.offer(frame, frame.time - video_t0)
+                elif audio is not None and frame.time is not None:
+                    audio.offer(frame, frame.time - audio_t0)
+            if windows[-1].done and (audio is None or audio.done):
+                break
+    except av.FFmpegError as err:
+        failure = SkipError(DECODE_ERROR, str(err))
+    except SkipError as err:  # the deadline, or a seek that failed
+        failure = err
+    clips: list[DecodedClip | SkipError] = []
+    for start, window in zip(starts, windows):
+        if window.done or (window.enough and (failure is None or failure.reason != TIMEOUT)):
+            clips.append(DecodedClip(
+                video=window.result(),
+                audio=audio.window(start, cfg.num_samples) if audio is not None else np.zeros(cfg.num_samples, np.float32),
+                has_audio=audio is not None,
+            ))
+        elif failure is not None:
+            clips.append(SkipError(failure.reason, f"clip at {start:.2f} s: {failure.detail}"))
+        else:
+            clips.append(SkipError(DECODE_ERROR, f"clip at {start:.2f} s: only {window.count}/{cfg.num_frames} frames decoded"))
+    return clips
 
 
 def _seek(container: av.container.InputContainer, stream: av.video.stream.VideoStream, seconds: float) -> None:
@@ -312,9 +365,9 @@ def _seek(container: av.container.InputContainer, stream: av.video.stream.VideoS
 class _FrameSampler:
     """Keeps, for each output time start + i/fps, the last source frame at or before it."""
 
-    def __init__(self, start: float, cfg: DataConfig):
+    def __init__(self, start: float, cfg: DataConfig, convert: "_Converter"):
         self.targets = start + np.arange(cfg.num_frames) / cfg.fps
-        self.size = cfg.frame_size
+        self.convert = convert
         self.out = np.zeros((cfg.num_frames, cfg.frame_size, cfg.frame_size, 3), np.uint8)
         self.count = 0
         self.previous: av.VideoFrame | None = None
@@ -327,8 +380,8 @@ class _FrameSampler:
     def enough(self) -> bool:
         return self.count > 0 and self.count >= len(self.targets) * (1 - MAX_MISSING_FRAME_FRACTION)
 
-    def offer(self, frame: av.VideoFrame, t: float | None) -> None:
-        if self.done or t is None:
+    def offer(self, frame: av.VideoFrame, t: float) -> None:
+        if self.done:
             return
         # A frame later than the next target time closes that target with the previous frame.
         while not self.done and t > self.targets[self.count] + 1e-6:
@@ -345,8 +398,24 @@ class _FrameSampler:
         return self.out
 
     def _emit(self, frame: av.VideoFrame) -> None:
-        self.out[self.count] = _square(frame, self.size)
+        self.out[self.count] = self.convert(frame)
         self.count += 1
+
+
+class _Converter:
+    """Source frames as ``size`` x ``size`` RGB, each converted once however many overlapping
+    windows keep it (frames are told apart by their timestamp)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.converted: dict[int, np.ndarray] = {}
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        if frame.pts is None:
+            return _square(frame, self.size)
+        if frame.pts not in self.converted:
+            self.converted[frame.pts] = _square(frame, self.size)
+        return self.converted[frame.pts]
 
 
 def _square(frame: av.VideoFrame, size: int) -> np.ndarray:
@@ -359,46 +428,47 @@ def _square(frame: av.VideoFrame, size: int) -> np.ndarray:
     return rgb[top : top + size, left : left + size]
 
 
-class _AudioWindow:
-    """Collects resampled mono audio covering [start, start + clip_seconds)."""
+class _AudioTrack:
+    """Resampled mono audio covering [start, end), from which each window takes its part."""
 
-    def __init__(self, start: float, cfg: DataConfig):
-        self.start = start
-        self.rate = cfg.sample_rate
-        self.length = cfg.num_samples
-        self.resampler = av.AudioResampler(format="flt", layout="mono", rate=cfg.sample_rate)
+    def __init__(self, start: float, end: float, rate: int):
+        self.start, self.end, self.rate = start, end, rate
+        self.resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
         self.chunks: list[np.ndarray] = []
         self.first_time: float | None = None
         self.samples = 0
 
     @property
     def done(self) -> bool:
-        return self.first_time is not None and self.first_time + self.samples / self.rate >= self.start + self.length / self.rate
+        return self.first_time is not None and self.first_time + self.samples / self.rate >= self.end
 
     def offer(self, frame: av.AudioFrame, t: float) -> None:
         if self.done:
             return
         if self.first_time is None:
             if t + frame.samples / frame.sample_rate <= self.start:
-                return  # wholly before the window; the resampler never needs it
+                return  # wholly before the first window; the resampler never needs it
             self.first_time = t
         for out in self.resampler.resample(frame):
             chunk = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
             self.chunks.append(chunk)
             self.samples += len(chunk)
 
-    def result(self) -> np.ndarray:
-        out = np.zeros(self.length, np.float32)
+    def window(self, start: float, length: int) -> np.ndarray:
+        """``length`` samples from ``start``: silence where the stream has none."""
+        out = np.zeros(length, np.float32)
         if self.first_time is None:
             return out
-        samples = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
-        offset = round((self.start - self.first_time) * self.rate)
+        if len(self.chunks) > 1:
+            self.chunks = [np.concatenate(self.chunks)]
+        samples = self.chunks[0] if self.chunks else np.zeros(0, np.float32)
+        offset = round((start - self.first_time) * self.rate)
         if offset >= 0:
-            piece = samples[offset : offset + self.length]
+            piece = samples[offset : offset + length]
             out[: len(piece)] = piece
         else:
             # Audio starts after the window opens (stream offset): leading silence.
-            piece = samples[: self.length + offset]
+            piece = samples[: length + offset]
             out[-offset : -offset + len(piece)] = piece
         np.clip(out, -1.0, 1.0, out=out)
         return out

@@ -90,10 +90,15 @@ class ClipIndex:
         return table.set_column(table.schema.get_field_index("clip_id"), "clip_id", pa.array(ids, pa.string()))
 
     def shuffled(self, seed: int) -> "ClipIndex":
-        """The clips in a seeded random order. The index lists a video's clips side by side
-        (and, in a folder-per-class corpus, a class's videos): decoded in that order, a
-        training batch would hold a few videos of one class, poor negatives for each other."""
-        order = np.random.default_rng(seed).permutation(self.clips.num_rows)
+        """The videos in a seeded random order, each video's clips side by side. The index
+        lists a folder-per-class corpus class by class: decoded in that order, a training
+        batch would hold a few videos of one class, poor negatives for each other. A video's
+        own clips stay together so that one decode pass serves them all
+        (``decode_clips_of_video``); the training loop's shuffle buffer parts them."""
+        sources = self.clips.column("source").to_pylist()
+        videos = sorted(set(sources))
+        rank = dict(zip(videos, np.random.default_rng(seed).permutation(len(videos))))
+        order = sorted(range(len(sources)), key=lambda i: (rank[sources[i]], i))
         return ClipIndex(self.clips.take(order), self.report)
 
     def split(self, val_fraction: float, seed: int) -> tuple["ClipIndex", "ClipIndex"]:
@@ -209,6 +214,18 @@ def on_driver_node(actor_class):
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False))
 
 
+def _decode_blocks(sources: list[str], size: int) -> list[tuple[int, int]]:
+    """(offset, length) of each decode task's rows: about ``size`` clips (small blocks keep
+    memory flat and spread the work evenly), never parting a video's adjacent clips, which
+    one decode pass serves together."""
+    blocks, start = [], 0
+    for end in range(1, len(sources) + 1):
+        if end == len(sources) or (end - start >= size and sources[end] != sources[end - 1]):
+            blocks.append((start, end - start))
+            start = end
+    return blocks
+
+
 def decode_dataset(index: ClipIndex, cfg: DataConfig, epoch: int = 0, epoch_clock=None) -> Clips:
     """Stream the decoded clips of ``index`` (lazy: nothing runs until iterated).
 
@@ -218,9 +235,8 @@ def decode_dataset(index: ClipIndex, cfg: DataConfig, epoch: int = 0, epoch_cloc
     table = index.for_epoch(cfg, epoch)
     if table.num_rows == 0:
         raise SourceError(f"no usable clips: every video was skipped\n{index.report.summary()}")
-    # One block per decode task: small blocks keep memory flat and spread the work evenly.
-    step = cfg.decode_batch_size
-    blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)]
+    blocks = [table.slice(start, length) for start, length in _decode_blocks(table.column("source").to_pylist(),
+                                                                            cfg.decode_batch_size)]
     skip_log = on_driver_node(SkipLog).remote()
     dataset = ray.data.from_arrow(blocks).map_batches(
         decode_clips,

@@ -13,7 +13,7 @@ import numpy as np
 import ray
 
 from avray.config import DataConfig
-from avray.data.decode import decode_clip, probe
+from avray.data.decode import decode_clips_of_video, probe
 from avray.data.report import DECODE_ERROR, UNREADABLE, SkipError, logger
 
 PROBE_COLUMNS = ("source", "label", "duration", "has_audio", "width", "height", "fps", "reason", "detail")
@@ -90,19 +90,29 @@ def decode_clips(batch: dict[str, np.ndarray], cfg: DataConfig, skip_log=None, e
         starts = [random_start(str(s), int(slot), float(d), cfg, epoch)
                   for s, slot, d in zip(batch["source"], batch["slot"], batch["video_duration"])]
         ids = [clip_id(str(s), t) for s, t in zip(batch["source"], starts)]
-    videos, audios, keep = [], [], []
-    for i, (source, start) in enumerate(zip(batch["source"], starts)):
+    by_video: dict[str, list[int]] = {}
+    for i, source in enumerate(batch["source"]):
+        by_video.setdefault(str(source), []).append(i)
+    decoded = {}
+    for source, rows in by_video.items():
+        # One pass per video: overlapping windows share their frames (decode_clips_of_video).
         try:
-            clip = decode_clip(str(source), start, cfg)
+            clips = decode_clips_of_video(source, [starts[i] for i in rows], cfg)
         except Exception as err:  # noqa: BLE001 - see skip_reason()
             if skip_log is not None:
-                skip_log.add.remote(str(source), *skip_reason(err, DECODE_ERROR))
+                skip_log.add.remote(source, *skip_reason(err, DECODE_ERROR), clips=len(rows))
             continue
-        if not clip.has_audio and skip_log is not None:
-            skip_log.silent.remote(str(source))
-        videos.append(clip.video)
-        audios.append(clip.audio)
-        keep.append(i)
+        for i, clip in zip(rows, clips):
+            if isinstance(clip, SkipError):
+                if skip_log is not None:
+                    skip_log.add.remote(source, clip.reason, clip.detail)
+            else:
+                decoded[i] = clip
+        if skip_log is not None and any(i in decoded and not decoded[i].has_audio for i in rows):
+            skip_log.silent.remote(source)
+    keep = sorted(decoded)
+    videos = [decoded[i].video for i in keep]
+    audios = [decoded[i].audio for i in keep]
     shape_v = (0, cfg.num_frames, cfg.frame_size, cfg.frame_size, 3)
     return {
         "video": np.stack(videos) if videos else np.zeros(shape_v, np.uint8),

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from avray.config import DataConfig
-from avray.data.decode import decode_clip, probe
+from avray.data import decode
+from avray.data.decode import decode_clip, decode_clips_of_video, probe
 from avray.data.media import write_media
-from avray.data.report import EMPTY, NO_VIDEO_STREAM, TOO_SHORT, UNREADABLE, SkipError
+from avray.data.report import DECODE_ERROR, EMPTY, NO_VIDEO_STREAM, TOO_SHORT, UNREADABLE, SkipError
 
 CFG = DataConfig()
 
@@ -110,3 +111,29 @@ def test_probe_reports_duration_and_rejects_unusable_files(tmp_path, pcm_video):
         with pytest.raises(SkipError) as err:
             probe(str(tmp_path / name), CFG)
         assert err.value.reason == reason, (name, err.value)
+
+
+def _onsets(audio: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(np.diff((audio > 0.4).astype(int)) == 1)
+
+
+def test_clips_of_one_video_decode_in_shared_passes_exactly_as_one_by_one(pcm_video, monkeypatch):
+    # Out of order, overlapping, and one far enough to be sought to.
+    starts = [1.9, 0.0, 0.625, 1.25, 3.4]
+    seeks = []
+    real_seek = decode._seek
+    monkeypatch.setattr(decode, "_seek", lambda *args: (seeks.append(args[2]), real_seek(*args))[1])
+    together = decode_clips_of_video(pcm_video, starts, DataConfig(clip_seconds=0.5))
+    assert len(seeks) == 2, seeks  # [0.0 .. 1.9] in one pass, 3.4 (1 s after the last window ends) in another
+    for start, clip in zip(starts, together):
+        alone = decode_clip(pcm_video, start, DataConfig(clip_seconds=0.5))
+        assert np.array_equal(clip.video, alone.video), start
+        # One resampler for the pass, not one per window: the same audio to within a sample's phase.
+        assert np.array_equal(_onsets(clip.audio), _onsets(alone.audio)) or \
+            np.abs(_onsets(clip.audio) - _onsets(alone.audio)).max() <= 1, start
+
+
+def test_a_window_beyond_the_video_fails_alone(pcm_video):
+    clips = decode_clips_of_video(pcm_video, [0.5, 30.0], CFG)
+    assert clips[0].video.shape == (CFG.num_frames, CFG.frame_size, CFG.frame_size, 3)
+    assert isinstance(clips[1], SkipError) and clips[1].reason == DECODE_ERROR

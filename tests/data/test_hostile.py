@@ -174,8 +174,8 @@ class RecordingSkipLog:
         self.add = self
         self.silent = self
 
-    def remote(self, *args):
-        self.calls.append(args)
+    def remote(self, *args, **kwargs):
+        self.calls.append((*args, *kwargs.values()))
 
 
 def test_an_unforeseen_error_skips_the_file_and_not_the_job(monkeypatch):
@@ -183,12 +183,13 @@ def test_an_unforeseen_error_skips_the_file_and_not_the_job(monkeypatch):
         raise RuntimeError("PyAV surprised us")
 
     monkeypatch.setattr(stages, "probe", explode)
-    monkeypatch.setattr(stages, "decode_clip", explode)
+    monkeypatch.setattr(stages, "decode_clips_of_video", explode)
     probed = stages.probe_videos({"uri": np.array(["x.mp4"], object), "label": np.array([None], object)}, CFG)
     assert list(probed["reason"]) == [UNREADABLE] and "RuntimeError: PyAV surprised us" in probed["detail"][0]
     log = RecordingSkipLog()
-    batch = {"source": np.array(["x.mp4"], object), "start": np.array([0.0]), "clip_id": np.array(["x@0"], object),
-             "label": np.array([None], object)}
+    batch = {"source": np.array(["x.mp4", "x.mp4"], object), "start": np.array([0.0, 1.0]),
+             "clip_id": np.array(["x@0", "x@1"], object), "label": np.array([None, None], object)}
     decoded = stages.decode_clips(batch, CFG, skip_log=log)
     assert len(decoded["clip_id"]) == 0
-    assert log.calls == [("x.mp4", DECODE_ERROR, "unexpected RuntimeError: PyAV surprised us")]
+    # Both clips of the file are skipped and counted, in one report.
+    assert log.calls == [("x.mp4", DECODE_ERROR, "unexpected RuntimeError: PyAV surprised us", 2)]

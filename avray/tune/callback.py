@@ -22,9 +22,33 @@ LOGGED_PREFIXES = ("loss", "val/", "lambda/", "lr", "clips_per_s", "epoch", "glo
 HISTORY_FILE = "pbt_history.json"
 
 
+def results_file(state_file: str) -> Path:
+    """Where :class:`TrialRuns` appends every result it sees, one JSON line each."""
+    return Path(state_file).with_name(f"{Path(state_file).stem}-results.jsonl")
+
+
+def recorded_results(state_file: str) -> dict[str, list[dict]]:
+    """Each trial's results, in the order they arrived (trial id -> rows).
+
+    Tune's own record of a trial (``result.json``, ``Result.metrics_dataframe``) is written in
+    a staging folder and synced to storage every 10 s or so; a retried trial first copies it
+    back from storage, so the results between the last sync and the failure are lost from it
+    (a trial killed after two epochs reported only epochs 3 and 4). This record is appended
+    on the driver as each result arrives.
+    """
+    path = results_file(state_file)
+    rows: dict[str, list[dict]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            rows.setdefault(row["trial_id"], []).append(row)
+    return rows
+
+
 class TrialRuns(tune.Callback):
     """``state_file`` keeps trial -> run id and each trial's history, so that a sweep resumed
-    with ``Tuner.restore`` goes on logging into the same child runs."""
+    with ``Tuner.restore`` goes on logging into the same child runs; beside it, every result
+    (:func:`recorded_results`)."""
 
     def __init__(self, uri: str, experiment: str, parent_run_id: str, state_file: str):
         self.uri, self.experiment, self.parent_run_id, self.state_file = uri, experiment, parent_run_id, state_file
@@ -78,6 +102,9 @@ class TrialRuns(tune.Callback):
             tracker.log_metrics({"pbt/exploits": len(self._state["events"][trial.trial_id])}, step=step)
         history.append({"iteration": step, "lambdas": lambdas})
         self._save()
+        row = {k: v for k, v in result.items() if v is None or isinstance(v, (int, float, str))}
+        with results_file(self.state_file).open("a") as handle:
+            handle.write(json.dumps({**row, "trial_id": trial.trial_id}) + "\n")
 
     def _end(self, trial, status: str) -> None:
         tracker = self._tracker(trial)

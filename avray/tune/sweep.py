@@ -25,7 +25,7 @@ from avray.features import for_inputs
 from avray.tracking import redact, start_job_run
 from avray.train.checkpoint import checkpoint_uri
 from avray.train.trainer import ray_storage
-from avray.tune.callback import TrialRuns
+from avray.tune.callback import TrialRuns, recorded_results
 from avray.tune.plots import plot_fitness, plot_lambda_trajectories
 from avray.tune.schedulers import build_scheduler, build_search_alg, fitness_metric
 from avray.tune.space import search_space, trial_config
@@ -80,13 +80,13 @@ def tune_losses(cfg: Config, data_uri: str, output: str) -> SweepResult:
     parent = start_job_run(cfg, output, job="tune")
     root, filesystem = ray_storage(output)
     experiment_path = f"{root}/{EXPERIMENT}"
+    state_file = str(Path(output) / "trial_runs.json") if "://" not in output else \
+        str(Path(tempfile.gettempdir()) / f"avray-trial-runs-{parent.run_id}.json")
     if tune.Tuner.can_restore(experiment_path, storage_filesystem=filesystem):
         print(f"[avray] resuming the sweep in {output.rstrip('/')}/{EXPERIMENT}", flush=True)
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True,
                                    storage_filesystem=filesystem)
     else:
-        state_file = str(Path(output) / "trial_runs.json") if "://" not in output else \
-            str(Path(tempfile.gettempdir()) / f"avray-trial-runs-{parent.run_id}.json")
         tuner = tune.Tuner(
             trainable,
             param_space=search_space(cfg),
@@ -108,11 +108,13 @@ def tune_losses(cfg: Config, data_uri: str, output: str) -> SweepResult:
         )
     grid = tuner.fit()
     return _summarise(cfg, grid, metric, f"{output.rstrip('/')}/{EXPERIMENT}" if "://" in output else experiment_path,
-                      parent, output)
+                      parent, output, recorded_results(state_file))
 
 
-def _trial_row(result, metric: str, objectives: list[str]) -> dict:
-    rows = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
+def _trial_row(result, metric: str, objectives: list[str], recorded: list[dict] | None) -> dict:
+    # Tune's own record of a retried trial may lack results (see recorded_results); it is
+    # the fallback for a sweep resumed where the driver's record is not (an s3:// output).
+    rows = recorded or (result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else [])
     first, last = (rows[0], rows[-1]) if rows else ({}, {})
     fitness = [r[metric] for r in rows if isinstance(r.get(metric), float) and math.isfinite(r[metric])]
     return {
@@ -131,9 +133,10 @@ def _trial_row(result, metric: str, objectives: list[str]) -> dict:
     }
 
 
-def _summarise(cfg: Config, grid, metric: str, experiment_path: str, parent, output: str) -> SweepResult:
+def _summarise(cfg: Config, grid, metric: str, experiment_path: str, parent, output: str,
+               recorded: dict[str, list[dict]]) -> SweepResult:
     objectives = sorted(cfg.objectives.enabled())
-    trials = [_trial_row(result, metric, objectives) for result in grid]
+    trials = [_trial_row(result, metric, objectives, recorded.get(Path(result.path).name)) for result in grid]
     finished = [t for t in trials if isinstance(t["final_fitness"], float) and math.isfinite(t["final_fitness"])]
     if not finished:
         parent.finish("FAILED")

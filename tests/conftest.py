@@ -12,7 +12,8 @@ def _start_local():
     import ray
 
     # "local": a cluster of its own, never one that another process on the machine started.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # The dashboard serves the State API that Ray Train polls (see avray.cli.init_ray).
+    ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False)
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +36,7 @@ def own_cluster(head_cpus: float, *node_cpus: float, **head_args):
 
     was_local = ray.is_initialized()
     ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False, **head_args})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": True, **head_args})
     try:
         for cpus in node_cpus:
             cluster.add_node(num_cpus=cpus)

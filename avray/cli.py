@@ -47,8 +47,7 @@ def init_ray(address: str | None = None, **kwargs) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     # "local" starts a fresh cluster sized to this machine instead of joining one found on disk.
     # With the dashboard: it serves Ray's State API, which Ray Train's placement-group cleaner
-    # polls every second; without it, each training run logged a warning a second and started
-    # about 8 s slower on 2 cores.
+    # polls every second; without it, each training run logged a warning a second.
     ray.init(address=address or "local", include_dashboard=True, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()

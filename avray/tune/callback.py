@@ -45,10 +45,14 @@ def recorded_results(state_file: str) -> dict[str, list[dict]]:
     return rows
 
 
+def _lambdas(result: dict) -> dict:
+    return {k.split("/", 1)[1]: v for k, v in result.items() if k.startswith(f"{LAMBDA}/")}
+
+
 class TrialRuns(tune.Callback):
-    """``state_file`` keeps trial -> run id and each trial's history, so that a sweep resumed
-    with ``Tuner.restore`` goes on logging into the same child runs; beside it, every result
-    (:func:`recorded_results`)."""
+    """``state_file`` keeps trial -> run id, each trial's PBT events and last λ, so that a sweep
+    resumed with ``Tuner.restore`` goes on logging into the same child runs; beside it, every
+    result (:func:`recorded_results`), from which the λ history is read."""
 
     def __init__(self, uri: str, experiment: str, parent_run_id: str, state_file: str):
         self.uri, self.experiment, self.parent_run_id, self.state_file = uri, experiment, parent_run_id, state_file
@@ -63,7 +67,7 @@ class TrialRuns(tune.Callback):
     def _load(self) -> dict:
         if not self._state:
             path = Path(self.state_file)
-            self._state = json.loads(path.read_text()) if path.exists() else {"runs": {}, "history": {}}
+            self._state = json.loads(path.read_text()) if path.exists() else {"runs": {}, "lambdas": {}, "events": {}}
         return self._state
 
     def _save(self) -> None:
@@ -80,7 +84,6 @@ class TrialRuns(tune.Callback):
             if run_id is None:
                 tracker.log_params({f"initial.{k}": v for k, v in _flat(trial.config).items()})
                 state["runs"][trial.trial_id] = tracker.run_id
-                state["history"][trial.trial_id] = []
                 self._save()
             self._trackers[trial.trial_id] = tracker
         return self._trackers[trial.trial_id]
@@ -91,16 +94,15 @@ class TrialRuns(tune.Callback):
         tracker.log_metrics({k: v for k, v in result.items()
                              if k.startswith(LOGGED_PREFIXES) and isinstance(v, (int, float))
                              and not isinstance(v, bool) and math.isfinite(v)}, step=step)
-        history = self._state["history"].setdefault(trial.trial_id, [])
         # The λ the trial trained with: by the time callbacks see a result, PBT may already
         # have mutated ``trial.config`` for the trial's next round.
-        lambdas = {k.split("/", 1)[1]: v for k, v in result.items() if k.startswith(f"{LAMBDA}/")}
-        previous = history[-1]["lambdas"] if history else None
+        lambdas = _lambdas(result)
+        previous = self._state["lambdas"].get(trial.trial_id)
         if previous is not None and (previous != lambdas or result.get(EXPLOITED_FROM)):
             event = {"iteration": step, "exploited_from": result.get(EXPLOITED_FROM), "before": previous, "after": lambdas}
-            self._state.setdefault("events", {}).setdefault(trial.trial_id, []).append(event)
+            self._state["events"].setdefault(trial.trial_id, []).append(event)
             tracker.log_metrics({"pbt/exploits": len(self._state["events"][trial.trial_id])}, step=step)
-        history.append({"iteration": step, "lambdas": lambdas})
+        self._state["lambdas"][trial.trial_id] = lambdas
         self._save()
         row = {k: v for k, v in result.items() if v is None or isinstance(v, (int, float, str))}
         with results_file(self.state_file).open("a") as handle:
@@ -108,8 +110,9 @@ class TrialRuns(tune.Callback):
 
     def _end(self, trial, status: str) -> None:
         tracker = self._tracker(trial)
-        record = {"lambdas": self._state["history"].get(trial.trial_id, []),
-                  "events": self._state.get("events", {}).get(trial.trial_id, [])}
+        rows = recorded_results(self.state_file).get(trial.trial_id, [])
+        record = {"lambdas": [{"iteration": int(r["training_iteration"]), "lambdas": _lambdas(r)} for r in rows],
+                  "events": self._state["events"].get(trial.trial_id, [])}
         tracker.log_text(json.dumps(record, indent=1), HISTORY_FILE)
         tracker.finish(status)
         tracker.flush()

@@ -16,7 +16,8 @@ def _result(epoch: int, fitness: float) -> dict:
 
 def test_every_result_is_recorded_in_arrival_order_also_by_a_restored_callback(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    parent = mlflow.MlflowClient(uri).create_run(mlflow.MlflowClient(uri).create_experiment("sweep")).info.run_id
+    client = mlflow.MlflowClient(uri)
+    parent = client.create_run(client.create_experiment("sweep")).info.run_id
     state_file = str(tmp_path / "out" / "trial_runs.json")
     trials = [SimpleNamespace(trial_id=f"t{i}", config={"lambda/infonce": 0.5}) for i in range(2)]
     callback = TrialRuns(uri, "sweep", parent, state_file)
@@ -35,4 +36,4 @@ def test_every_result_is_recorded_in_arrival_order_also_by_a_restored_callback(t
     assert "config" not in rows["t0"][0] and rows["t0"][0]["exploited_from"] is None
     # The same results went to the trial's MLflow child run.
     run_id = restored._load()["runs"]["t0"]
-    assert sorted(m.step for m in mlflow.MlflowClient(uri).get_metric_history(run_id, "epoch")) == [1, 2, 2, 3]
+    assert sorted(m.step for m in client.get_metric_history(run_id, "epoch")) == [1, 2, 2, 3]

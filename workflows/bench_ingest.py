@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import ray
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -122,14 +123,18 @@ def main(argv=None) -> int:
     clips = list(zip(index.clips.column("source").to_pylist(), index.clips.column("start").to_pylist()))
     print(f"{len(clips)} clips from {index.num_videos} videos; {cores} cores")
 
-    # Warm the page cache and Ray's worker pool so no method pays a first-run cost.
-    consume(decode_dataset(index, cfg).dataset.limit(4 * BATCH))
-
+    # The DataLoaders fork their workers: forked from a process connected to Ray (token auth,
+    # Ray >= 2.60's default), the driver's gRPC channel broke ("Missing :authority header") and
+    # the next Ray call hung. They run with Ray shut down; it starts again for (c).
+    ray.shutdown()
+    bench_pyav(clips[:4 * BATCH], cfg)  # warm the page cache so no method pays a first-run cost
     results = {
         "pyav": bench_pyav(clips, cfg),
         "dataloader": bench_dataloader(ClipDataset(clips, cfg), len(clips), workers=cores),
     }
     per_video = bench_dataloader(VideoDataset(clips, cfg), len(clips), workers=cores, batch_size=None)
+    cli.init_ray(None, num_cpus=cores)
+    consume(decode_dataset(index, cfg).dataset.limit(4 * BATCH))  # warm Ray's worker pool
     results["avray"], peak_mb = bench_avray(index, cfg)
     figures = {
         "clips_per_s": results,

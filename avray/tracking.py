@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -191,10 +190,9 @@ class Tracker:
         self._call("log_artifact", str(path), artifact_path)
 
     def log_text(self, text: str, name: str) -> None:
-        """``text`` (URI passwords masked) as the artifact ``name``."""
-        folder = Path(tempfile.mkdtemp(prefix="avray-mlflow-"))
-        (folder / name).write_text(redact(text))
-        self.log_artifact(folder / name)
+        """``text`` (URI passwords masked) as the artifact ``name``; held in memory while the
+        server is unreachable, so no file outlives the call."""
+        self._call("log_text", redact(text), name)
 
     def set_tag(self, key: str, value: str) -> None:
         self._call("set_tag", key, safe_value(key, value))

@@ -67,6 +67,23 @@ def test_a_run_stores_params_tags_and_config_masked(tmp_path, monkeypatch):
     assert not any(PASSWORD.encode() in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
 
 
+def test_a_text_artifact_waits_in_memory_while_the_store_is_unreachable(tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # every temporary file of this process
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "x")
+    blocker = tmp_path / "mlartifacts"  # where the store keeps artifacts: a file, so no folder fits
+    blocker.write_text("")
+    tracker.log_text(f"s3://key:{PASSWORD}@bucket/videos", "note.txt")
+    assert len(tracker.pending) == 1
+    blocker.unlink()
+    assert tracker.flush() and not tracker.pending
+    assert next(tmp_path.rglob("artifacts/note.txt")).read_text() == "s3://key:***@bucket/videos"
+    assert not list(scratch.iterdir())
+
+
 def test_errors_warnings_and_prints_mask_the_uri_password(monkeypatch, caplog, capsys):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     uri = f"http://user:{PASSWORD}@127.0.0.1:9"  # nothing listens on port 9

@@ -47,7 +47,8 @@ def load_config_of(folder: Path) -> Config:
 
 def find_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder itself, or the newest one under a run's output folder. One on
-    ``s3://`` (a cluster's storage) is first copied to a local temporary folder."""
+    ``s3://`` (a cluster's storage) is first copied to a local temporary folder, removed when
+    the process exits."""
     if str(path).startswith("s3://"):
         return _fetch_checkpoint(str(path))
     path = Path(path)
@@ -60,6 +61,8 @@ def find_checkpoint(path: str | Path) -> Path:
 
 
 def _fetch_checkpoint(uri: str) -> Path:
+    import atexit
+    import shutil
     import tempfile
 
     import pyarrow.fs as pafs
@@ -74,6 +77,8 @@ def _fetch_checkpoint(uri: str) -> Path:
         raise FileNotFoundError(f"no avray checkpoint ({STATE_FILE}) under {uri}")
     folder = (direct or sorted(found, key=lambda info: info.mtime))[-1].path.rsplit("/", 1)[0]
     local = Path(tempfile.mkdtemp(prefix="avray-checkpoint-"))
+    # Weights can be gigabytes: the copy lasts as long as the process that asked for it.
+    atexit.register(shutil.rmtree, local, ignore_errors=True)
     for name in (STATE_FILE, CONFIG_FILE):
         with fs.open_input_stream(f"{folder}/{name}") as remote:
             (local / name).write_bytes(remote.read())

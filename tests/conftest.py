@@ -1,11 +1,37 @@
 import contextlib
 import os
+import sys
 
 # Ray Train's controller polls workers every 2 s by default; tests want it snappier.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+# Ray Train watches for cloud nodes being drained (spot preemption) with an actor of its own
+# per worker group: nothing here is ever drained, and each such actor is a process to start.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# No traffic beyond 127.0.0.1: Ray's dashboard would otherwise report usage to ray.io.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import pytest  # noqa: E402
+
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session):
+    session.config.stash[_EXIT_STATUS] = int(session.exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """End the test process as soon as pytest has reported, skipping the interpreter's
+    teardown. This process starts and stops Ray a dozen times (own_cluster), and a process
+    that does is known to crash at exit in Ray's native threads (ray-project/ray#31145):
+    CI once saw all tests pass, then "Segmentation fault" as the exit status. A workflow
+    starts Ray once and exits normally; tests/cluster and tests/test_security check that."""
+    if _EXIT_STATUS in config.stash:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(config.stash[_EXIT_STATUS])
 
 
 def _start_local():
@@ -50,13 +76,6 @@ def own_cluster(head_cpus: float, *node_cpus: float, **head_args):
             _start_local()
 
 
-@pytest.fixture
-def ray_two_nodes():
-    """Two Ray nodes of 1 CPU each on this machine."""
-    with own_cluster(1, 1) as cluster:
-        yield cluster
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     from tests.s3server import seaweedfs
@@ -71,3 +90,23 @@ def s3_env(s3_server, monkeypatch):
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
     return s3_server
+
+
+@pytest.fixture(scope="session")
+def fault_corpus(tmp_path_factory):
+    from tests.tiny import make_tiny_corpus
+
+    return make_tiny_corpus(tmp_path_factory.mktemp("fault-corpus"))
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_run(fault_corpus, tmp_path_factory):
+    """``FAULT_RUN`` without a fault, its two workers on two nodes: the result a run that
+    loses a worker (tests/train) or a node (tests/cluster) must end on."""
+    from avray.train.trainer import pretrain
+    from tests.tiny import FAULT_RUN, tiny_config
+
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    with own_cluster(1, 1):
+        cfg = tiny_config(tmp, *FAULT_RUN, "train.cpus_per_worker=1", "train.placement_strategy=SPREAD")
+        return pretrain(cfg, fault_corpus, str(tmp / "run"), track=False)

@@ -40,10 +40,17 @@ def encoders(tmp_path_factory):
         f"frozen.audio.path={folder / 'audio.pt'}", "frozen.audio.architecture=avray", "frozen.batch_size=4"]}
 
 
-def test_extract_train_fusion_and_evaluate(ray_local, corpus, encoders, tmp_path):
+@pytest.fixture(scope="module")
+def pooled_features(ray_local, corpus, encoders, tmp_path_factory):
+    """(folder of the encoders' pooled features of the corpus, the extraction's skip report)."""
+    features = str(tmp_path_factory.mktemp("pooled") / "features")
+    cfg = tiny_config(Path(features).parent, *encoders["settings"])
+    return features, extract_features(corpus, features, cfg, progress=lambda msg: None)
+
+
+def test_extract_train_fusion_and_evaluate(ray_local, corpus, encoders, pooled_features, tmp_path):
     cfg = tiny_config(tmp_path, *encoders["settings"], "train.epochs=2", "train.num_workers=1")
-    features = str(tmp_path / "features")
-    report = extract_features(corpus, features, cfg, progress=lambda msg: None)
+    features, report = pooled_features
     assert not report.skipped
     width = cfg.model.video_dim
     assert feature_shards_shapes(features) == {"video": [width], "audio": [cfg.model.audio_dim]}
@@ -81,7 +88,7 @@ def test_extract_train_fusion_and_evaluate(ray_local, corpus, encoders, tmp_path
         evaluate(result.checkpoint, corpus, tmp_path / "eval2", track=False)
 
 
-def test_token_features_train_cross_attention_fusion(ray_local, corpus, encoders, tmp_path):
+def test_token_features_train_cross_attention_fusion(ray_local, corpus, encoders, pooled_features, tmp_path):
     cfg = tiny_config(tmp_path, *encoders["settings"], "frozen.tokens=true")
     features = str(tmp_path / "tokens")
     extract_features(corpus, features, cfg, progress=lambda msg: None)
@@ -93,7 +100,5 @@ def test_token_features_train_cross_attention_fusion(ray_local, corpus, encoders
     # The model was built for the token sequences, and evaluation refuses pooled features.
     _, saved = load_model(result.checkpoint)
     assert saved.model.feature_shapes() == shapes
-    pooled = str(tmp_path / "pooled")
-    extract_features(corpus, pooled, tiny_config(tmp_path, *encoders["settings"]), progress=lambda msg: None)
     with pytest.raises(ConfigError, match="same frozen encoders and frozen.tokens"):
-        evaluate(result.checkpoint, pooled, tmp_path / "eval", track=False)
+        evaluate(result.checkpoint, pooled_features[0], tmp_path / "eval", track=False)

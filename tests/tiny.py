@@ -24,3 +24,14 @@ def make_tiny_corpus(root: Path, videos: int = 8) -> str:
     for i in range(videos):
         make_good_video(root / "ab"[i % 2] / f"v{i}.mp4", seconds=2.5, fps=12, size=48, sample_rate=16000, seed=i)
     return str(root)
+
+
+# The run the fault tests break and must finish exactly as without the fault: every objective
+# at once, so a restart also exercises XDC's re-clustering and its cluster state, 2 workers.
+# Placement and CPUs per worker are the tests' own: they leave the step count alone.
+FAULT_RUN = (
+    "train.epochs=6", "train.num_workers=2", "train.max_failures=2",
+    "objectives.xdc.weight=0.5", "objectives.xdc.num_clusters=2",
+    "objectives.cluster_contrastive.weight=0.3", "objectives.cluster_contrastive.num_clusters=2",
+    "objectives.dcca.weight=0.1", "objectives.sdl.weight=0.1",
+)

@@ -21,7 +21,7 @@ from avray.data.pipeline import prepare
 from avray.train.trainer import pretrain
 from avray.tune import tune_losses
 from tests.conftest import own_cluster
-from tests.tiny import make_tiny_corpus, tiny_config
+from tests.tiny import FAULT_RUN, make_tiny_corpus, tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -84,19 +84,17 @@ def test_ingest_spans_nodes_and_a_lost_node_loses_no_clip(corpus, tmp_path):
     assert not report.skipped
 
 
-def test_pretraining_loses_a_node_and_ends_on_the_uninterrupted_step_count(corpus, tmp_path):
-    settings = ("train.epochs=6", "train.num_workers=2", "train.cpus_per_worker=1",
-                "train.placement_strategy=SPREAD", "train.max_failures=2")
+def test_pretraining_loses_a_node_and_ends_on_the_uninterrupted_step_count(uninterrupted_run, fault_corpus, tmp_path):
+    # The reference itself spanned two nodes, one worker on each.
+    assert uninterrupted_run.metrics["num_nodes"] == 2 and uninterrupted_run.metrics["world_size"] == 2
+    settings = (*FAULT_RUN, "train.cpus_per_worker=1", "train.placement_strategy=SPREAD")
     with own_cluster(3, 1, **FAST_NODE_DEATH) as cluster:
-        reference = pretrain(tiny_config(tmp_path, *settings), corpus, str(tmp_path / "reference"), track=False)
-        assert reference.metrics["num_nodes"] == 2 and reference.metrics["world_size"] == 2
-
         output = tmp_path / "faulty"
         victim = cluster.list_all_nodes()[1]
         # Removed after the second checkpoint: a resumed run then differs from a restarted one.
         checkpointed = lambda: len(list(output.glob("pretrain/checkpoint_*/state.pt"))) >= 2  # noqa: E731
         watcher, removed = _remove_when(cluster, victim, checkpointed, "RayTrainWorker")
-        result = pretrain(tiny_config(tmp_path, *settings), corpus, str(output), track=False)
+        result = pretrain(tiny_config(tmp_path, *settings), fault_corpus, str(output), track=False)
         watcher.join(timeout=5)
     assert removed, "no training worker ran on the second node after a checkpoint: the fault was never injected"
     # The restarted group could only use the head node.
@@ -105,7 +103,7 @@ def test_pretraining_loses_a_node_and_ends_on_the_uninterrupted_step_count(corpu
     # started over, it would open with epoch 1.
     assert result.history[0]["epoch"] >= 2, result.history
     assert result.history[-1]["epoch"] == 6
-    assert result.history[-1]["global_step"] == reference.history[-1]["global_step"]
+    assert result.history[-1]["global_step"] == uninterrupted_run.history[-1]["global_step"]
 
 
 def test_a_sweep_spans_nodes_and_a_trial_on_a_lost_node_resumes_on_another(corpus, tmp_path):

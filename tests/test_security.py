@@ -5,7 +5,10 @@ cluster a workflow starts keeps token authentication on.
 a shell holding recognisable fake secrets, each one really in use:
 
 * ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``: the only keys the S3 server (SeaweedFS)
-  accepts; the corpus is read from it.
+  accepts; the corpus is read from it and the run's checkpoints are written to it, as a
+  cluster's runs are (an S3-compatible server, which Ray's own s3:// resolution cannot
+  reach). The run must name its checkpoint by URI, in its output and in MLflow, and a new
+  process must load the model back from there, leaving no local copy behind.
 * ``RAY_AUTH_TOKEN`` with ``RAY_AUTH_MODE=token``: the local Ray cluster the workflow starts
   runs with token authentication; while the job runs, its GCS is probed over gRPC and must
   refuse a call without the token and one with a wrong token, and answer one with it.
@@ -17,12 +20,11 @@ Not covered: ``AWS_SESSION_TOKEN``. SeaweedFS refuses requests carrying a sessio
 did not issue itself (ACCESS_DENIED), so temporary AWS credentials cannot be used here.
 
 Then every output is searched for every secret (raw, URL-encoded and base64-encoded whole,
-and the base64 ``user:password`` of a Basic-auth header): the job's stdout and stderr; every
-file under the job's ``TMPDIR``/``RAY_TMPDIR`` (Ray's session folder: logs, events, runtime
-resources; avray's temporary artifact folders), its ``HOME`` (caches, MLflow's files), its
-working directory and its output folder (local, so that the checkpoint is logged to MLflow
-too; checkpoints are uncompressed zips, searched as bytes); the MLflow server's database,
-artifacts and log; every object in every S3 bucket.
+and the base64 ``user:password`` of a Basic-auth header): the job's and the loader's stdout
+and stderr; every file under the job's ``TMPDIR``/``RAY_TMPDIR`` (Ray's session folder: logs,
+events, runtime resources), its ``HOME`` (caches, MLflow's files) and its working directory;
+the MLflow server's database, artifacts and log; every object in every S3 bucket (the
+checkpoints among them: uncompressed zips, searched as bytes).
 Nothing is excluded: Ray 2.60 keeps a token given in ``RAY_AUTH_TOKEN`` in memory and
 writes no token file. The test's own inputs (the ``--config`` file, the S3 server's
 identities file) are outside the searched folders.
@@ -69,6 +71,15 @@ SECRETS = {
     "MLflow password": "avray-canary-mlflow-pw-" + secrets.token_hex(6),
 }
 JOB = [*TINY, "train.epochs=1", "train.num_workers=1", "data.val_fraction=0"]
+RUNS = "s3://runs/pretrain-1"
+# A new process loading the model from each location it names; prints embed_dim and size.
+LOAD_AND_DESCRIBE = """
+import sys
+from avray.train.checkpoint import load_model
+for location in sys.argv[1:]:
+    model, cfg = load_model(location)
+    print(cfg.model.embed_dim, sum(p.numel() for p in model.parameters()))
+"""
 
 # An MLflow tracking server (its Flask app, served by werkzeug) behind Basic auth: any
 # request without exactly the login in $AVRAY_TEST_BASIC_AUTH gets 401. Prints its port.
@@ -217,15 +228,16 @@ def test_no_credential_reaches_any_output(tmp_path):
     started = time.monotonic()
     # Ray's unix sockets live under RAY_TMPDIR (107-byte limit): a short private folder.
     ray_tmp = Path(tempfile.mkdtemp(prefix="avs-"))
-    home, work, output, store = tmp_path / "home", tmp_path / "work", tmp_path / "out", tmp_path / "mlflow"
-    home.mkdir()
-    work.mkdir()
+    home, work, store, scratch = tmp_path / "home", tmp_path / "work", tmp_path / "mlflow", tmp_path / "scratch"
+    for folder in (home, work, scratch):
+        folder.mkdir()
     server, job = _start_mlflow(store), None  # the server starts while the corpus and the S3 server are made
     try:
         corpus = make_tiny_corpus(tmp_path / "corpus", videos=4)
         with seaweedfs(tmp_path / "weed", SECRETS["AWS access key id"], SECRETS["AWS secret access key"]) as s3:
             client = s3.client()
             client.create_bucket(Bucket="corpus")
+            client.create_bucket(Bucket="runs")
             for path in Path(corpus).rglob("*.mp4"):
                 client.upload_file(str(path), "corpus", f"videos/{path.relative_to(corpus)}")
             wrong = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1",
@@ -242,7 +254,7 @@ def test_no_credential_reaches_any_output(tmp_path):
             job_started = time.monotonic()
             job = subprocess.Popen(
                 [sys.executable, str(ROOT / "workflows/pretrain.py"), "--data", "s3://corpus/videos",
-                 "--output", str(output), "--config", str(config), *[a for kv in JOB for a in ("--set", kv)]],
+                 "--output", RUNS, "--config", str(config), *[a for kv in JOB for a in ("--set", kv)]],
                 cwd=work, env=_job_env(s3.env(), home, ray_tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 start_new_session=True)
             ray_auth: dict[str, str] = {}
@@ -253,17 +265,27 @@ def test_no_credential_reaches_any_output(tmp_path):
             job_seconds = time.monotonic() - job_started
             assert job.returncode == 0, (stdout + stderr).decode()[-4000:]
             assert b"[avray] done:" in stdout and b"8 training clips" in stdout, stdout.decode()[-2000:]
+            tracking = mlflow.MlflowClient(uri)
+            run = tracking.search_runs([tracking.get_experiment_by_name("security").experiment_id])[0]
+            checkpoint = run.data.tags["avray.checkpoint"]
+            assert checkpoint.startswith(f"{RUNS}/pretrain/checkpoint_") and f"checkpoint: {checkpoint}".encode() in stdout
+            loader = subprocess.run([sys.executable, "-c", LOAD_AND_DESCRIBE, checkpoint, RUNS], cwd=work,
+                                    env={**_job_env(s3.env(), home, ray_tmp), "TMPDIR": str(scratch)},
+                                    capture_output=True, timeout=120)
+            assert loader.returncode == 0, loader.stderr.decode()[-3000:]
+            assert loader.stdout.split() == [b"16", loader.stdout.split()[1]] * 2 and int(loader.stdout.split()[1]) > 0
+            assert not list(scratch.iterdir())  # the local copies went with the process
+
             searched, found = _leaks(itertools.chain(
-                [("job stdout", stdout), ("job stderr", stderr)], _s3_objects(client),
-                *(_files(folder) for folder in (ray_tmp, home, work, output, store))))
+                [("job stdout", stdout), ("job stderr", stderr), ("loader stdout", loader.stdout),
+                 ("loader stderr", loader.stderr)], _s3_objects(client),
+                *(_files(folder) for folder in (ray_tmp, home, work, store))))
             assert not found, "secrets found:\n" + "\n".join(found)
             assert searched > 100  # Ray's session logs alone are dozens of files
 
             # Each secret was in use: Ray's GCS wanted the token, the MLflow login reached the
             # server (the run is there, finished), and the run and the job show it masked.
             assert ray_auth == {"no token": "UNAUTHENTICATED", "wrong token": "UNAUTHENTICATED", "token": "OK"}
-            tracking = mlflow.MlflowClient(uri)
-            run = tracking.search_runs([tracking.get_experiment_by_name("security").experiment_id])[0]
             masked = f"http://{MLFLOW_USER}:***@127.0.0.1:{port}"
             assert run.info.status == "FINISHED" and run.data.params["tracking.tracking_uri"] == masked
             assert f"open {masked}".encode() in stdout

@@ -1,6 +1,7 @@
-"""Pretraining on real Ray Train workers: MLflow, checkpoints, resume, a killed worker, S3 storage.
+"""Pretraining on real Ray Train workers: MLflow, checkpoints, resume, a killed worker.
 
-Training across nodes, and losing one, is in tests/cluster/test_node_loss.py."""
+Training across nodes, and losing one, is in tests/cluster/test_node_loss.py; checkpoints on
+S3, named by URI and loaded back, in tests/test_security.py (with the credentials it needs)."""
 
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 
 from avray.train.checkpoint import load_model, load_state
 from avray.train.trainer import pretrain
-from tests.tiny import FAULT_RUN, TINY, make_tiny_corpus, tiny_config
+from tests.tiny import FAULT_RUN, make_tiny_corpus, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -106,40 +107,3 @@ def test_pretrain_cli_bad_config_fails_before_work(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: unknown config key train.epochz")
     assert not (tmp_path / "o").exists()
-
-
-LOAD_AND_DESCRIBE = """
-import sys
-from avray.train.checkpoint import load_model
-for location in sys.argv[1:]:
-    model, cfg = load_model(location)
-    print(cfg.model.embed_dim, sum(p.numel() for p in model.parameters()))
-"""
-
-
-def test_checkpoints_on_s3_are_named_by_uri_and_load_back(corpus, s3_env, tmp_path):
-    """A cluster's runs write to object storage (here an S3-compatible server, which Ray's own
-    s3:// resolution cannot reach): the run names its checkpoint as a user writes it, MLflow is
-    told where it is, and evaluation loads it from there. A subprocess, as Ray workers take
-    their AWS environment from the cluster's start."""
-    s3_env.client().create_bucket(Bucket="runs")
-    settings = [f"--set={item}" for item in (*TINY, f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-                                             "train.epochs=1", "train.num_workers=1")]
-    out = subprocess.run([sys.executable, "workflows/pretrain.py", "--data", corpus, "--output", "s3://runs/pretrain-1",
-                          *settings], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    (run,) = client.search_runs([client.get_experiment_by_name("avray").experiment_id])
-    checkpoint = run.data.tags["avray.checkpoint"]
-    assert checkpoint.startswith("s3://runs/pretrain-1/pretrain/checkpoint_") and run.info.status == "FINISHED"
-    assert f"checkpoint: {checkpoint}" in out.stdout
-    # Loaded from the checkpoint and from the run's folder, in a process of its own: the local
-    # copies it makes are gone once it exits.
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    out = subprocess.run([sys.executable, "-c", LOAD_AND_DESCRIBE, checkpoint, "s3://runs/pretrain-1"], cwd=ROOT,
-                         env={**os.environ, "TMPDIR": str(scratch)}, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    described = [line.split() for line in out.stdout.splitlines()]
-    assert len(described) == 2 and all(dim == "16" and int(params) > 0 for dim, params in described), out.stdout
-    assert not list(scratch.iterdir())

@@ -43,7 +43,7 @@ class DataConfig:
     endpoint_override: str | None = None
     # Ray tasks decoding in parallel; None = one per CPU of the cluster.
     decode_concurrency: int | None = None
-    # Clips decoded per Ray Data task; small keeps memory flat, large amortises overhead.
+    # Clips per block a decode task yields (a task decodes many blocks); small keeps memory flat.
     decode_batch_size: int = 16
     # CPUs reserved per decode task (fractions let small test clusters share cores).
     cpus_per_decode_task: float = 1.0

@@ -3,7 +3,7 @@
     list_videos ─► probe_videos (Ray tasks) ─► clip index (parquet-able table)
                                                  │  uniform K clips, or fresh random offsets per epoch
                                                  ▼
-                         decode_clips (Ray Data tasks, streaming) ─► clip rows ─► training / prepare
+                   decode_clip_stream (Ray Data tasks, streaming) ─► clip rows ─► training / prepare
 
 Prepared shards (``workflows/prepare.py``) skip the first three steps: they already hold
 clip rows and are read back with ``ray.data.read_parquet``.
@@ -27,10 +27,14 @@ import ray
 from avray.config import DataConfig
 from avray.data.report import SkipLog, SkipReport
 from avray.data.sources import PREPARED_MARKER, SourceError, filesystem_for, is_prepared, list_videos
-from avray.data.stages import clip_id, clip_starts, decode_clips, probe_videos, random_start, video_unit
+from avray.data.stages import (
+    clip_id, clip_starts, decode_clip_stream, probe_videos, random_start, video_batches, video_unit,
+)
 
 # Shape-defining settings: prepared shards are only valid for a config that agrees on these.
 CLIP_SHAPE_KEYS = ("clip_seconds", "fps", "frame_size", "sample_rate")
+# Clips per decode task at most (see decode_dataset).
+MAX_CLIPS_PER_TASK = 256
 
 
 def held_out_sources(sources: list[str], labels: list, val_fraction: float, seed: int) -> set[str]:
@@ -214,18 +218,6 @@ def on_driver_node(actor_class):
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False))
 
 
-def _decode_blocks(sources: list[str], size: int) -> list[tuple[int, int]]:
-    """(offset, length) of each decode task's rows: about ``size`` clips (small blocks keep
-    memory flat and spread the work evenly), never parting a video's adjacent clips, which
-    one decode pass serves together."""
-    blocks, start = [], 0
-    for end in range(1, len(sources) + 1):
-        if end == len(sources) or (end - start >= size and sources[end] != sources[end - 1]):
-            blocks.append((start, end - start))
-            start = end
-    return blocks
-
-
 def decode_dataset(index: ClipIndex, cfg: DataConfig, epoch: int = 0, epoch_clock=None) -> Clips:
     """Stream the decoded clips of ``index`` (lazy: nothing runs until iterated).
 
@@ -235,11 +227,16 @@ def decode_dataset(index: ClipIndex, cfg: DataConfig, epoch: int = 0, epoch_cloc
     table = index.for_epoch(cfg, epoch)
     if table.num_rows == 0:
         raise SourceError(f"no usable clips: every video was skipped\n{index.report.summary()}")
-    blocks = [table.slice(start, length) for start, length in _decode_blocks(table.column("source").to_pylist(),
-                                                                            cfg.decode_batch_size)]
+    # Few long tasks, each yielding a block per decode_batch_size clips: Ray Data pauses in its
+    # scheduling loop before starting each task, and with a task per 16 clips the cores sat
+    # idle about 45 % of the time (workflows/bench_ingest.py). Two tasks per slot, capped, so
+    # that the last tasks end together and a task lost with its node is cheap to run again.
+    per_task = min(MAX_CLIPS_PER_TASK, max(cfg.decode_batch_size, -(-table.num_rows // (2 * _parallelism(cfg)))))
+    tasks = [table.slice(start, length) for start, length in video_batches(table.column("source").to_pylist(),
+                                                                          per_task)]
     skip_log = on_driver_node(SkipLog).remote()
-    dataset = ray.data.from_arrow(blocks).map_batches(
-        decode_clips,
+    dataset = ray.data.from_arrow(tasks).map_batches(
+        decode_clip_stream,
         fn_kwargs={"cfg": cfg, "skip_log": skip_log, "epoch_clock": epoch_clock},
         batch_format="numpy",
         batch_size=None,
@@ -250,6 +247,9 @@ def decode_dataset(index: ClipIndex, cfg: DataConfig, epoch: int = 0, epoch_cloc
     # one that does work, and with the reservation it ran ~1.3 tasks at a time on 2 cores
     # instead of 2 (workflows/bench_ingest.py). Off for this dataset only.
     dataset.context.op_resource_reservation_enabled = False
+    # A block is sent on once it reaches this size: one yielded batch of clips.
+    clip_bytes = cfg.num_frames * cfg.frame_size ** 2 * 3 + 4 * cfg.num_samples
+    dataset.context.target_max_block_size = max(1 << 20, cfg.decode_batch_size * clip_bytes)
     return Clips(dataset, index, skip_log)
 
 

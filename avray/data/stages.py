@@ -8,6 +8,7 @@ and leaves it out, so one bad video cannot stop a job over ten thousand.
 from __future__ import annotations
 
 import hashlib
+from typing import Iterator
 
 import numpy as np
 import ray
@@ -122,3 +123,24 @@ def decode_clips(batch: dict[str, np.ndarray], cfg: DataConfig, skip_log=None, e
         "clip_id": np.asarray([ids[i] for i in keep], dtype=object),
         "label": np.asarray([batch["label"][i] for i in keep], dtype=object),
     }
+
+
+def video_batches(sources: list[str], size: int) -> list[tuple[int, int]]:
+    """(offset, length) of consecutive rows holding about ``size`` clips each, never parting a
+    video's adjacent clips, which one decode pass serves together."""
+    batches, start = [], 0
+    for end in range(1, len(sources) + 1):
+        if end == len(sources) or (end - start >= size and sources[end] != sources[end - 1]):
+            batches.append((start, end - start))
+            start = end
+    return batches
+
+
+# INPUT:  the rows decode_clips takes, for many videos (a long decode task)
+# OUTPUT: decode_clips' clip rows, yielded every data.decode_batch_size clips as they are
+#         decoded, so that memory stays flat and the consumer gets them without waiting
+def decode_clip_stream(batch: dict[str, np.ndarray], cfg: DataConfig, skip_log=None,
+                       epoch_clock=None) -> Iterator[dict[str, np.ndarray]]:
+    for start, length in video_batches([str(s) for s in batch["source"]], cfg.decode_batch_size):
+        yield decode_clips({k: v[start:start + length] for k, v in batch.items()}, cfg, skip_log, epoch_clock)
+

@@ -73,7 +73,7 @@ def test_ingest_spans_nodes_and_a_lost_node_loses_no_clip(corpus, tmp_path):
                       "data.cpus_per_decode_task=1", "data.decode_concurrency=3").data
     with own_cluster(1, 2, **FAST_NODE_DEATH) as cluster:
         victim = cluster.list_all_nodes()[1]
-        watcher, removed = _remove_when(cluster, victim, lambda: True, "decode_clips")
+        watcher, removed = _remove_when(cluster, victim, lambda: True, "decode_clip_stream")
         report = prepare(corpus, str(tmp_path / "clips"), cfg, progress=print)
         watcher.join(timeout=5)
     assert removed, "no decode task ever ran on the second node: the fault was never injected"

@@ -1,0 +1,37 @@
+"""The decode stage's task layout: how a long decode task parts its clips and streams them."""
+
+import numpy as np
+
+from avray.config import DataConfig
+from avray.data.stages import decode_clip_stream, decode_clips, video_batches
+from tests.media import make_good_video
+
+
+def test_video_batches_cover_every_row_once_and_never_part_a_video():
+    sources = ["a"] * 3 + ["b"] * 5 + ["c"] + ["d"] * 2 + ["e"] * 4
+    batches = video_batches(sources, 4)
+    assert batches == [(0, 8), (8, 7)]  # a is short of 4, so b joins it; then c, d and e
+    assert sum(length for _, length in batches) == len(sources)
+    for start, length in batches:
+        assert start == 0 or sources[start] != sources[start - 1]  # each batch opens a video
+    assert video_batches(sources, 1) == [(0, 3), (3, 5), (8, 1), (9, 2), (11, 4)]
+    assert video_batches(sources, 100) == [(0, len(sources))]
+
+
+def test_a_long_task_yields_a_block_per_batch_with_the_rows_of_one_call(tmp_path):
+    cfg = DataConfig(clip_seconds=0.5, fps=8, frame_size=16, decode_batch_size=3)
+    sources, starts = [], []
+    for i, clips in enumerate((2, 3, 1, 2)):
+        path = tmp_path / f"v{i}.mp4"
+        make_good_video(path, seconds=2.0, fps=12, size=32, sample_rate=16000, seed=i)
+        sources += [str(path)] * clips
+        starts += [0.5 * k for k in range(clips)]
+    batch = {"source": np.array(sources, object), "start": np.array(starts),
+             "clip_id": np.array([f"{s}@{t}" for s, t in zip(sources, starts)], object),
+             "label": np.array([None] * len(sources), object)}
+
+    blocks = list(decode_clip_stream(batch, cfg))
+    assert [len(block["clip_id"]) for block in blocks] == [5, 3]  # v0+v1, then v2+v3
+    whole = decode_clips(batch, cfg)
+    for key in ("video", "audio", "clip_id", "start"):
+        np.testing.assert_array_equal(np.concatenate([block[key] for block in blocks]), whole[key])

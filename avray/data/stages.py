@@ -143,4 +143,3 @@ def decode_clip_stream(batch: dict[str, np.ndarray], cfg: DataConfig, skip_log=N
                        epoch_clock=None) -> Iterator[dict[str, np.ndarray]]:
     for start, length in video_batches([str(s) for s in batch["source"]], cfg.decode_batch_size):
         yield decode_clips({k: v[start:start + length] for k, v in batch.items()}, cfg, skip_log, epoch_clock)
-

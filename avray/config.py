@@ -81,6 +81,11 @@ class DataConfig:
     def num_samples(self) -> int:
         return round(self.clip_seconds * self.sample_rate)
 
+    @property
+    def clip_bytes(self) -> int:
+        """Bytes of one decoded clip row's arrays: uint8 frames and float32 audio."""
+        return self.num_frames * self.frame_size ** 2 * 3 + 4 * self.num_samples
+
 
 @dataclass(frozen=True)
 class ModelConfig:

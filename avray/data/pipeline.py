@@ -231,7 +231,8 @@ def decode_dataset(index: ClipIndex, cfg: DataConfig, epoch: int = 0, epoch_cloc
     # scheduling loop before starting each task, and with a task per 16 clips the cores sat
     # idle about 45 % of the time (workflows/bench_ingest.py). Two tasks per slot, capped, so
     # that the last tasks end together and a task lost with its node is cheap to run again.
-    per_task = min(MAX_CLIPS_PER_TASK, max(cfg.decode_batch_size, -(-table.num_rows // (2 * _parallelism(cfg)))))
+    parallelism = _parallelism(cfg)
+    per_task = min(MAX_CLIPS_PER_TASK, max(cfg.decode_batch_size, -(-table.num_rows // (2 * parallelism))))
     tasks = [table.slice(start, length) for start, length in video_batches(table.column("source").to_pylist(),
                                                                           per_task)]
     skip_log = on_driver_node(SkipLog).remote()
@@ -240,7 +241,7 @@ def decode_dataset(index: ClipIndex, cfg: DataConfig, epoch: int = 0, epoch_cloc
         fn_kwargs={"cfg": cfg, "skip_log": skip_log, "epoch_clock": epoch_clock},
         batch_format="numpy",
         batch_size=None,
-        compute=ray.data.TaskPoolStrategy(size=_parallelism(cfg)),
+        compute=ray.data.TaskPoolStrategy(size=parallelism),
         num_cpus=cfg.cpus_per_decode_task,
     )
     # Ray Data reserves part of the cluster for each operator in the plan; decoding is the only
@@ -248,8 +249,7 @@ def decode_dataset(index: ClipIndex, cfg: DataConfig, epoch: int = 0, epoch_cloc
     # instead of 2 (workflows/bench_ingest.py). Off for this dataset only.
     dataset.context.op_resource_reservation_enabled = False
     # A block is sent on once it reaches this size: one yielded batch of clips.
-    clip_bytes = cfg.num_frames * cfg.frame_size ** 2 * 3 + 4 * cfg.num_samples
-    dataset.context.target_max_block_size = max(1 << 20, cfg.decode_batch_size * clip_bytes)
+    dataset.context.target_max_block_size = max(1 << 20, cfg.decode_batch_size * cfg.clip_bytes)
     return Clips(dataset, index, skip_log)
 
 

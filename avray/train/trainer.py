@@ -67,7 +67,7 @@ def cache_training_clips(cfg: Config, data: TrainingData) -> bool:
     if cfg.model.inputs == "features":
         clip_bytes = 4 * sum(math.prod(shape) for shape in cfg.model.feature_shapes().values())
     else:
-        clip_bytes = cfg.data.num_frames * cfg.data.frame_size ** 2 * 3 + 4 * cfg.data.num_samples
+        clip_bytes = cfg.data.clip_bytes
     budget = ray.cluster_resources().get("object_store_memory", 0) / 2
     return (data.num_train_clips + data.num_val_clips) * clip_bytes <= budget
 

@@ -11,17 +11,24 @@ pipeline's execution, that is part of what c/a and c/b measure. (d), printed for
 reference, is a DataLoader over videos calling ``decode_clips_of_video``: the same
 decoding without Ray, which tells the two gains apart.
 
-Prints clips/s for each, the ratios c/a and c/b, and the pipeline's peak memory (PSS of
-the driver plus every Ray process). ``--scale 10`` repeats (c) on a corpus 10x larger
-and prints the memory ratio: a streaming pipeline's memory must not grow with the corpus.
+Prints clips/s for each, the ratios c/a and c/b, the pipeline's peak memory (PSS of
+the driver plus every Ray process, sampled in a pass of its own: reading PSS costs the CPU
+being measured), and where the CPU went during (c) and (d): the share of time the cores sat
+idle, and (c)'s CPU seconds in the driver, in Ray's workers (decoding) and in Ray's other
+processes. ``--scale 10`` repeats (c) on a corpus 10x larger and prints the memory ratio:
+a streaming pipeline's memory must not grow with the corpus.
 
-    python workflows/bench_ingest.py --videos 200 [--scale 10] [--json bench.json]
+Each way runs once per round (``--rounds``, 3 by default), all ways in turn, and the
+figures are each way's median: on a shared machine the speed drifts within minutes.
+
+    python workflows/bench_ingest.py --videos 200 [--scale 10] [--rounds 3] [--json bench.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +43,7 @@ from avray.config import DataConfig
 from avray.data.decode import decode_clip, decode_clips_of_video
 from avray.data.demo_corpus import make_demo_corpus
 from avray.data.pipeline import build_clip_index, decode_dataset
-from avray.data.throughput import PeakMemory, consume
+from avray.data.throughput import ResourceMonitor, consume
 
 BATCH = 16
 
@@ -89,11 +96,13 @@ def bench_dataloader(dataset: Dataset, total_clips: int, workers: int, batch_siz
     return n / (time.perf_counter() - start)
 
 
-def bench_avray(index, cfg: DataConfig) -> tuple[float, float]:
-    with PeakMemory() as memory:
+def bench_avray(index, cfg: DataConfig, memory: bool) -> tuple[float, ResourceMonitor]:
+    """Clips/s of the pipeline and what it used; sampling ``memory`` costs CPU (see
+    ResourceMonitor), so speed and memory are measured in separate passes."""
+    with ResourceMonitor(memory=memory) as monitor:
         stats = consume(decode_dataset(index, cfg).dataset, batch_size=BATCH)
     assert stats.clips == index.clips.num_rows, (stats.clips, index.clips.num_rows)
-    return stats.clips_per_s, memory.peak_mb
+    return stats.clips_per_s, monitor
 
 
 def corpus(root: Path, videos: int, seed: int) -> str:
@@ -104,14 +113,36 @@ def corpus(root: Path, videos: int, seed: int) -> str:
     return str(root)
 
 
+def one_round(index, clips: list[tuple[str, float]], cfg: DataConfig, cores: int) -> tuple[dict, dict]:
+    """Clips/s of every way, one after the other, and what (c) and (d) used (ResourceMonitor)."""
+    # The DataLoaders fork their workers: forked from a process connected to Ray (token auth,
+    # Ray >= 2.60's default), the driver's gRPC channel broke ("Missing :authority header") and
+    # the next Ray call hung. They run with Ray shut down; it starts again for (c).
+    ray.shutdown()
+    rates, use = {}, {}
+    rates["pyav"] = bench_pyav(clips, cfg)
+    rates["dataloader"] = bench_dataloader(ClipDataset(clips, cfg), len(clips), workers=cores)
+    with ResourceMonitor(memory=False) as use["dataloader_per_video"]:
+        rates["dataloader_per_video"] = bench_dataloader(VideoDataset(clips, cfg), len(clips), workers=cores,
+                                                         batch_size=None)
+    cli.init_ray(None, num_cpus=cores)
+    consume(decode_dataset(index, cfg).dataset.limit(4 * BATCH))  # warm Ray's worker pool
+    rates["avray"], use["avray"] = bench_avray(index, cfg, memory=False)
+    return rates, use
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", type=int, default=200)
     p.add_argument("--scale", type=int, default=1, help="also run the pipeline on a corpus this many times larger")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of all the ways in turn; the figures are each way's median over them")
     p.add_argument("--workdir", default=None, help="where corpora are generated (reused if present)")
     p.add_argument("--json", dest="json_path", default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
 
     cores = os.cpu_count() or 1
     cfg = DataConfig(decode_concurrency=cores)
@@ -121,45 +152,55 @@ def main(argv=None) -> int:
     data = corpus(workdir / f"corpus-{args.videos}", args.videos, args.seed)
     index = build_clip_index(data, cfg)
     clips = list(zip(index.clips.column("source").to_pylist(), index.clips.column("start").to_pylist()))
-    print(f"{len(clips)} clips from {index.num_videos} videos; {cores} cores")
+    print(f"{len(clips)} clips from {index.num_videos} videos; {cores} cores; {args.rounds} round(s)")
 
-    # The DataLoaders fork their workers: forked from a process connected to Ray (token auth,
-    # Ray >= 2.60's default), the driver's gRPC channel broke ("Missing :authority header") and
-    # the next Ray call hung. They run with Ray shut down; it starts again for (c).
-    ray.shutdown()
     bench_pyav(clips[:4 * BATCH], cfg)  # warm the page cache so no method pays a first-run cost
-    results = {
-        "pyav": bench_pyav(clips, cfg),
-        "dataloader": bench_dataloader(ClipDataset(clips, cfg), len(clips), workers=cores),
-    }
-    per_video = bench_dataloader(VideoDataset(clips, cfg), len(clips), workers=cores, batch_size=None)
-    cli.init_ray(None, num_cpus=cores)
-    consume(decode_dataset(index, cfg).dataset.limit(4 * BATCH))  # warm Ray's worker pool
-    results["avray"], peak_mb = bench_avray(index, cfg)
+    # Rounds, each way in turn: on a shared machine the speed drifts by tens of percent within
+    # minutes, and a drift would otherwise fall on whichever way ran then.
+    rounds = []
+    for number in range(1, args.rounds + 1):
+        rates, use = one_round(index, clips, cfg, cores)
+        rounds.append({"clips_per_s": rates, "idle_fraction": {way: u.idle_fraction for way, u in use.items()},
+                       "avray_cpu_seconds": use["avray"].cpu_seconds})
+        # Where the cores went: (c) against (d) is decoding against Ray's own processes and idle cores.
+        print(f"round {number}: (a) {rates['pyav']:.1f}  (b) {rates['dataloader']:.1f}  (c) {rates['avray']:.1f}  "
+              f"(d) {rates['dataloader_per_video']:.1f} clips/s; cores idle (c) {use['avray'].idle_fraction:.0%}, "
+              f"(d) {use['dataloader_per_video'].idle_fraction:.0%}; (c)'s CPU seconds: "
+              + ", ".join(f"{kind} {seconds:.1f}" for kind, seconds in sorted(use["avray"].cpu_seconds.items())),
+              flush=True)
+    median = {way: statistics.median(r["clips_per_s"][way] for r in rounds) for way in rounds[0]["clips_per_s"]}
+    sampled_rate, sampled = bench_avray(index, cfg, memory=True)
+    peak_mb = sampled.peak_mb
     figures = {
-        "clips_per_s": results,
+        "clips_per_s": {way: median[way] for way in ("pyav", "dataloader", "avray")},
         "ratio": {
-            "avray_vs_pyav": results["avray"] / results["pyav"],
-            "avray_vs_dataloader": results["avray"] / results["dataloader"],
+            "avray_vs_pyav": median["avray"] / median["pyav"],
+            "avray_vs_dataloader": median["avray"] / median["dataloader"],
         },
         "peak_rss_mb": peak_mb,
         "memory_ratio_10x": None,
-        "reference_clips_per_s": {"dataloader_per_video": per_video},
+        "reference_clips_per_s": {"dataloader_per_video": median["dataloader_per_video"]},
+        "avray_clips_per_s_while_sampling_memory": sampled_rate,
+        "rounds": rounds,
     }
-    print(f"(a) single-process PyAV : {results['pyav']:8.1f} clips/s")
-    print(f"(b) DataLoader x{cores}       : {results['dataloader']:8.1f} clips/s")
-    print(f"(c) avray Ray Data      : {results['avray']:8.1f} clips/s")
-    print(f"(d) DataLoader x{cores}, a video's clips in one pass: {per_video:8.1f} clips/s (reference)")
-    print(f"ratio c/a = {figures['ratio']['avray_vs_pyav']:.2f}   ratio c/b = {figures['ratio']['avray_vs_dataloader']:.2f}")
-    print(f"pipeline peak memory (PSS, driver + Ray): {peak_mb:.0f} MB")
+    print(f"median of {args.rounds} round(s):")
+    print(f"(a) single-process PyAV : {median['pyav']:8.1f} clips/s")
+    print(f"(b) DataLoader x{cores}       : {median['dataloader']:8.1f} clips/s")
+    print(f"(c) avray Ray Data      : {median['avray']:8.1f} clips/s")
+    print(f"(d) DataLoader x{cores}, a video's clips in one pass: {median['dataloader_per_video']:8.1f} clips/s (reference)")
+    print(f"ratio c/a = {figures['ratio']['avray_vs_pyav']:.2f}   ratio c/b = {figures['ratio']['avray_vs_dataloader']:.2f}"
+          f"   (c/d = {median['avray'] / median['dataloader_per_video']:.2f})")
+    print(f"pipeline peak memory (PSS, driver + Ray): {peak_mb:.0f} MB, in a pass of its own ({sampled_rate:.1f} clips/s "
+          f"while sampling)")
 
     if args.scale > 1:
         big = corpus(workdir / f"corpus-{args.videos * args.scale}", args.videos * args.scale, args.seed + 1)
         big_index = build_clip_index(big, cfg)
-        big_rate, big_peak = bench_avray(big_index, cfg)
+        big_rate, big_use = bench_avray(big_index, cfg, memory=True)
+        big_peak = big_use.peak_mb
         figures["memory_ratio_10x" if args.scale == 10 else f"memory_ratio_{args.scale}x"] = big_peak / peak_mb
-        print(f"x{args.scale}: {big_index.clips.num_rows} clips, {big_rate:.1f} clips/s, peak {big_peak:.0f} MB, "
-              f"memory ratio {big_peak / peak_mb:.2f}")
+        print(f"x{args.scale}: {big_index.clips.num_rows} clips, {big_rate:.1f} clips/s while sampling memory, "
+              f"peak {big_peak:.0f} MB, memory ratio {big_peak / peak_mb:.2f}")
     return cli.finish_benchmark(figures, args.json_path)
 
 

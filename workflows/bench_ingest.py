@@ -2,7 +2,7 @@
 
     (a) a single-process PyAV loop            (what a script does)
     (b) torch DataLoader, num_workers = cores (what a user would pick instead)
-    (c) the avray Ray Data pipeline           (streaming, one decode task per core)
+    (c) the avray Ray Data pipeline           (streaming, one decode slot per core)
 
 (a) and (b) decode clip by clip with ``avray.data.decode.decode_clip``, as a script or a
 map-style dataset of clips does. (c) decodes each video's clips together in one pass

@@ -218,6 +218,30 @@ def on_driver_node(actor_class):
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False))
 
 
+def materialize_on_driver_node(dataset: ray.data.Dataset) -> ray.data.MaterializedDataset:
+    """``dataset`` computed into the object store, every block held by the driver's node.
+
+    ``materialize()`` leaves each block on the node whose task made it. When that node is
+    lost, Ray rebuilds the block by running the task again, which must wait for a free CPU.
+    A sweep's trials hold their CPUs (in placement groups) until they end, so a trial that
+    needs a lost block waits for a CPU that only it could free: the sweep hangs. A block the
+    driver put is lost only with the driver's node, and that ends the job anyway.
+
+    Cost: the driver's node holds the whole dataset (its object store spills to disk beyond
+    memory), and each block that another node holds is copied once through the driver.
+    """
+    here = ray.get_runtime_context().get_node_id()
+    refs = dataset.materialize().to_arrow_refs()
+    locations = ray.experimental.get_object_locations(refs)
+    pinned = []
+    for ref in refs:
+        where = locations.get(ref, {"node_ids": [None], "did_spill": True})
+        # Blocks under 100 KB have no node: they live in the driver's own memory.
+        held_here = all(node == here for node in where["node_ids"]) and not where["did_spill"]
+        pinned.append(ref if held_here else ray.put(ray.get(ref)))
+    return ray.data.from_arrow_refs(pinned)
+
+
 def decode_dataset(index: ClipIndex, cfg: DataConfig, epoch: int = 0, epoch_clock=None) -> Clips:
     """Stream the decoded clips of ``index`` (lazy: nothing runs until iterated).
 

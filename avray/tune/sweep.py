@@ -19,7 +19,7 @@ from pathlib import Path
 from ray import tune
 
 from avray.config import Config, ConfigError, with_overrides
-from avray.data.pipeline import training_data
+from avray.data.pipeline import materialize_on_driver_node, training_data
 from avray.data.sources import filesystem_for
 from avray.features import for_inputs
 from avray.tracking import redact, start_job_run
@@ -68,9 +68,10 @@ def tune_losses(cfg: Config, data_uri: str, output: str) -> SweepResult:
     # Every trial reads every clip every epoch: read (or decode) them once, into Ray's object
     # store (which spills to disk beyond memory), rather than once per trial and epoch. It also
     # keeps Ray Data tasks out of the trials, whose placement groups would hold every CPU
-    # they could run on. Search on a subset of a corpus far larger than the cluster's disks.
+    # they could run on; for the same reason the clips stay on the driver's node, where losing
+    # another node cannot take them. Search on a subset of a corpus far larger than that node's disk.
     start = time.perf_counter()
-    train, val = data.train.materialize(), data.val.materialize()
+    train, val = materialize_on_driver_node(data.train), materialize_on_driver_node(data.val)
     print(f"[avray] {train.count() + val.count()} clips ({(train.size_bytes() + val.size_bytes()) / 2**20:.0f} MiB) "
           f"in the object store in {time.perf_counter() - start:.1f} s", flush=True)
     trainable = tune.with_resources(

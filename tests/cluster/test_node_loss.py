@@ -1,4 +1,5 @@
-"""Ingest, pretraining and a sweep spanning Ray nodes, each losing a node while it runs.
+"""Ingest, pretraining and a sweep spanning Ray nodes, each losing a node while it runs, and
+the clips a sweep reads outliving the node that made them.
 
 The nodes are ``ray.cluster_utils.Cluster`` nodes on this machine: each has its own raylet
 and object store, and removing one kills its raylet and every worker on it at once, with
@@ -13,11 +14,15 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import psutil
 import pyarrow.dataset as pads
 import pytest
+import ray
+from ray.util.placement_group import placement_group
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
-from avray.data.pipeline import prepare
+from avray.data.pipeline import materialize_on_driver_node, prepare
 from avray.train.trainer import pretrain
 from avray.tune import tune_losses
 from tests.conftest import own_cluster
@@ -82,6 +87,33 @@ def test_ingest_spans_nodes_and_a_lost_node_loses_no_clip(corpus, tmp_path):
     assert table.num_rows == 12 * 4
     assert len(set(table.column("clip_id").to_pylist())) == 12 * 4
     assert not report.skipped
+
+
+@ray.remote(num_cpus=1)
+class _Reader:
+    def total(self, dataset) -> float:
+        return float(sum(batch["x"].sum() for batch in dataset.iter_batches(batch_size=4)))
+
+
+def test_clips_materialized_on_the_driver_node_outlive_the_node_that_made_them():
+    """A sweep's trial, holding the only CPU left in its placement group, reads every block
+    after the node whose tasks made them is lost. Left there, a lost block would be rebuilt
+    by rerunning its task, which waits for that CPU: the trial would wait forever."""
+    with own_cluster(1, 1, **FAST_NODE_DEATH) as cluster:
+        victim = cluster.list_all_nodes()[1]
+        rows = lambda batch: {"x": np.repeat(batch["id"][:, None].astype(np.float64), 20_000, axis=1)}  # noqa: E731
+        # Blocks of 4 x 160 KB: in the object store, not inlined in the driver's memory.
+        made_there = ray.data.range(32, override_num_blocks=8).map_batches(
+            rows, scheduling_strategy=NodeAffinitySchedulingStrategy(victim.node_id, soft=True))
+        dataset = materialize_on_driver_node(made_there)
+        here = ray.get_runtime_context().get_node_id()
+        locations = ray.experimental.get_object_locations(dataset.to_arrow_refs())
+        assert len(locations) == 8 and all(here in where["node_ids"] for where in locations.values()), locations
+        cluster.remove_node(victim, allow_graceful=False)
+        trial_cpus = placement_group([{"CPU": 1}])
+        ray.get(trial_cpus.ready(), timeout=60)
+        reader = _Reader.options(scheduling_strategy=PlacementGroupSchedulingStrategy(trial_cpus)).remote()
+        assert ray.get(reader.total.remote(dataset), timeout=60) == 20_000 * sum(range(32))
 
 
 def test_pretraining_loses_a_node_and_ends_on_the_uninterrupted_step_count(uninterrupted_run, fault_corpus, tmp_path):

@@ -235,9 +235,9 @@ def materialize_on_driver_node(dataset: ray.data.Dataset) -> ray.data.Materializ
     locations = ray.experimental.get_object_locations(refs)
     pinned = []
     for ref in refs:
-        where = locations.get(ref, {"node_ids": [None], "did_spill": True})
+        where = locations.get(ref)  # None: the lookup failed
         # Blocks under 100 KB have no node: they live in the driver's own memory.
-        held_here = all(node == here for node in where["node_ids"]) and not where["did_spill"]
+        held_here = where is not None and not where["did_spill"] and all(node == here for node in where["node_ids"])
         pinned.append(ref if held_here else ray.put(ray.get(ref)))
     return ray.data.from_arrow_refs(pinned)
 

@@ -13,8 +13,10 @@ from avray.config import Config, ConfigError, load_config
 from avray.data.sources import SourceError
 from avray.preflight import PreflightError
 from avray.tracking import redact
+from avray.train.faults import TrainingError
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1
 # What the user must fix (a config value, a data path, a server that does not answer): one
 # line and EXIT_USAGE. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (ConfigError, SourceError, PreflightError)
@@ -66,10 +68,14 @@ def finish_benchmark(figures: dict, json_path: str | None) -> int:
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
-    """Run a workflow's ``main``; a user error (:data:`USER_ERRORS`) is one line and exit code 2."""
+    """Run a workflow's ``main``; a user error (:data:`USER_ERRORS`) is one line and exit code 2,
+    training stopped by an error that a retry would repeat (:class:`TrainingError`) one line and 1."""
     try:
         code = main(argv)
     except USER_ERRORS as err:
         print(f"error: {redact(str(err))}", file=sys.stderr)
         code = EXIT_USAGE
+    except TrainingError as err:
+        print(f"error: {redact(str(err))}", file=sys.stderr)
+        code = EXIT_FAILED
     sys.exit(code)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from avray.config import Config, ConfigError, config_from_dict, with_overrides
+from avray.data.labels import label_column
 from avray.data.pipeline import Clips, count_prepared, load_clips, write_prepared
 from avray.data.report import SkipReport
 from avray.data.sources import PREPARED_MARKER, filesystem_for, is_prepared
@@ -41,7 +42,8 @@ class ExtractFeatures:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         video = torch.as_tensor(batch["video"]).to(self.device, non_blocking=True)
         audio = torch.as_tensor(batch["audio"]).to(self.device, non_blocking=True)
-        out = {key: batch[key] for key in ("clip_id", "source", "start", "label")}
+        out = {key: batch[key] for key in ("clip_id", "source", "start")}
+        out["label"] = label_column(batch["label"])
         for name, encoded in (("video", self.video(video)), ("audio", self.audio(audio))):
             chosen = encoded.tokens if self.tokens else encoded.pooled
             out[name] = chosen.float().cpu().numpy()

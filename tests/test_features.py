@@ -3,6 +3,7 @@ extract features with Ray Data, train only the fusion on them, and evaluate the 
 
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 import torch
@@ -14,6 +15,7 @@ from avray.models.audio import AudioEncoder
 from avray.models.video import VideoEncoder
 from avray.train.checkpoint import load_model, load_state
 from avray.train.trainer import pretrain
+from tests.media import make_good_video
 from tests.tiny import make_tiny_corpus, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -102,3 +104,12 @@ def test_token_features_train_cross_attention_fusion(ray_local, corpus, encoders
     assert saved.model.feature_shapes() == shapes
     with pytest.raises(ConfigError, match="same frozen encoders and frozen.tokens"):
         evaluate(result.checkpoint, pooled_features[0], tmp_path / "eval", track=False)
+
+
+def test_features_of_an_unlabelled_corpus_keep_a_string_label_column_of_nones(ray_local, encoders, tmp_path):
+    for i in range(2):
+        make_good_video(tmp_path / "flat" / f"v{i}.mp4", seconds=2.5, fps=12, size=48, sample_rate=16000, seed=i)
+    cfg = tiny_config(tmp_path, *encoders["settings"])
+    extract_features(str(tmp_path / "flat"), str(tmp_path / "features"), cfg, progress=lambda msg: None)
+    labels = pads.dataset(str(tmp_path / "features"), format="parquet").to_table(columns=["label"]).column("label")
+    assert labels.type == pa.string() and labels.to_pylist() == [None] * 4

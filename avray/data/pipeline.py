@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import ray
 
 from avray.config import DataConfig
+from avray.data.labels import label_or_none, labelled_count
 from avray.data.report import SkipLog, SkipReport
 from avray.data.sources import PREPARED_MARKER, SourceError, filesystem_for, is_prepared, list_videos
 from avray.data.stages import (
@@ -103,7 +104,7 @@ class ClipIndex:
         videos = sorted(set(sources))
         rank = dict(zip(videos, np.random.default_rng(seed).permutation(len(videos))))
         order = sorted(range(len(sources)), key=lambda i: (rank[sources[i]], i))
-        return ClipIndex(self.clips.take(order), self.report)
+        return ClipIndex(self.clips.take(pa.array(order, pa.int64())), self.report)
 
     def split(self, val_fraction: float, seed: int) -> tuple["ClipIndex", "ClipIndex"]:
         """(train, validation) by source video, so clips of one video never sit on both sides."""
@@ -358,7 +359,8 @@ class TrainingData:
     num_val_clips: int
     clips: Clips
     epoch_clock: ray.actor.ActorHandle | None = None
-    val_classes: int = 0  # distinct labels among the held-out clips (0: unlabelled)
+    val_labelled: int = 0  # held-out clips that carry a label
+    val_classes: int = 0  # distinct labels among them
 
 
 def _keep_split(batch: pa.Table, held_out_videos: pa.Array, held_out: bool) -> pa.Table:
@@ -378,17 +380,17 @@ def training_data(uri: str, cfg: DataConfig) -> TrainingData:
         fs, path = filesystem_for(uri, cfg.endpoint_override)
         rows = pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=["source", "label"])
         sources = rows.column("source").to_pylist()
-        labels = rows.column("label").to_pylist()
+        labels = [label_or_none(v) for v in rows.column("label").to_pylist()]
         held_out_videos = held_out_sources(sources, labels, cfg.val_fraction, cfg.seed)
         n_val = sum(s in held_out_videos for s in sources)
-        val_classes = _classes(label for s, label in zip(sources, labels) if s in held_out_videos)
+        val_labelled, val_classes = labelled_count(label for s, label in zip(sources, labels) if s in held_out_videos)
         split = lambda held_out: clips.dataset.map_batches(  # noqa: E731
             _keep_split, fn_kwargs={"held_out_videos": pa.array(sorted(held_out_videos), pa.string()), "held_out": held_out},
             batch_format="pyarrow")
         # Shards may hold a video's clips side by side: the training loop's shuffle buffer mixes
         # them (a global shuffle or block reorder would materialise the dataset every epoch).
         return TrainingData(split(False), split(True) if n_val else None, len(sources) - n_val, n_val, clips,
-                            val_classes=val_classes)
+                            val_labelled=val_labelled, val_classes=val_classes)
     index = build_clip_index(uri, cfg)
     train_index, val_index = index.split(cfg.val_fraction, cfg.seed)
     if train_index.clips.num_rows == 0:
@@ -397,11 +399,6 @@ def training_data(uri: str, cfg: DataConfig) -> TrainingData:
     clock = on_driver_node(EpochClock).remote()
     train = decode_dataset(train_index, cfg, epoch_clock=clock)
     val = decode_dataset(val_index, cfg) if val_index.clips.num_rows else None
+    val_labelled, val_classes = labelled_count(val_index.clips.column("label").to_pylist())
     return TrainingData(train.dataset, val.dataset if val else None, train_index.clips.num_rows,
-                        val_index.clips.num_rows, train, clock,
-                        val_classes=_classes(val_index.clips.column("label").to_pylist()))
-
-
-def _classes(labels) -> int:
-    labels = list(labels)
-    return 0 if any(label is None for label in labels) else len(set(labels))
+                        val_index.clips.num_rows, train, clock, val_labelled=val_labelled, val_classes=val_classes)

@@ -20,6 +20,8 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from avray.data.labels import label_or_none
+
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 # A prepared-clip folder (workflows/prepare.py) carries this marker next to its shards;
 # the leading underscore keeps pyarrow and Ray from taking it for a data file.
@@ -198,7 +200,7 @@ def _read_manifest(fs: pafs.FileSystem, path: str, uri: str) -> list[VideoRef]:
     paths = table.column("path").to_pylist()
     labels = table.column("label").to_pylist() if "label" in table.column_names else [None] * len(paths)
     refs = [
-        VideoRef(uri=join_uri(base, str(p)), label=None if lab is None else str(lab))
+        VideoRef(uri=join_uri(base, str(p)), label=label_or_none(lab))
         for p, lab in zip(paths, labels)
         if p is not None and str(p).strip()
     ]

@@ -15,6 +15,7 @@ import ray
 
 from avray.config import DataConfig
 from avray.data.decode import decode_clips_of_video, probe
+from avray.data.labels import label_column, label_or_none
 from avray.data.report import DECODE_ERROR, UNREADABLE, SkipError, logger
 
 PROBE_COLUMNS = ("source", "label", "duration", "has_audio", "width", "height", "fps", "reason", "detail")
@@ -26,8 +27,7 @@ PROBE_COLUMNS = ("source", "label", "duration", "has_audio", "width", "height", 
 def probe_videos(batch: dict[str, np.ndarray], cfg: DataConfig) -> dict[str, np.ndarray]:
     rows: dict[str, list] = {name: [] for name in PROBE_COLUMNS}
     for uri, label in zip(batch["uri"], batch["label"]):
-        # Unlabelled corpora give an all-null column, which reaches us as float NaN.
-        label = label if isinstance(label, str) else None
+        label = label_or_none(label)
         try:
             info = probe(str(uri), cfg)
             values = (info.duration, info.has_audio, info.width, info.height, info.fps, "", "")
@@ -35,8 +35,9 @@ def probe_videos(batch: dict[str, np.ndarray], cfg: DataConfig) -> dict[str, np.
             values = (0.0, False, 0, 0, 0.0, *skip_reason(err, UNREADABLE))
         for name, value in zip(PROBE_COLUMNS, (str(uri), label, *values)):
             rows[name].append(value)
-    return {name: np.asarray(values, dtype=object if name in ("source", "label", "reason", "detail") else None)
-            for name, values in rows.items()}
+    columns = {name: np.asarray(values, dtype=object if name in ("source", "reason", "detail") else None)
+               for name, values in rows.items() if name != "label"}
+    return {**columns, "label": label_column(rows["label"])}
 
 
 def skip_reason(err: Exception, unforeseen: str) -> tuple[str, str]:
@@ -81,7 +82,8 @@ def random_start(source: str, slot: int, video_duration: float, cfg: DataConfig,
 
 # INPUT:  {source, slot, start, video_duration, label, clip_id}   one row per clip to decode
 # OUTPUT: {video: uint8[T,S,S,3], audio: float32[N], source, start, clip_id, label}
-#         the clip-row contract; clips that cannot be decoded are reported, not returned.
+#         the clip-row contract (label: an Arrow string column, null where missing); clips
+#         that cannot be decoded are reported, not returned.
 #         With an epoch clock and random sampling, starts are re-drawn for the clock's epoch.
 def decode_clips(batch: dict[str, np.ndarray], cfg: DataConfig, skip_log=None, epoch_clock=None) -> dict[str, np.ndarray]:
     starts = [float(t) for t in batch["start"]]
@@ -121,7 +123,7 @@ def decode_clips(batch: dict[str, np.ndarray], cfg: DataConfig, skip_log=None, e
         "source": np.asarray([batch["source"][i] for i in keep], dtype=object),
         "start": np.asarray([starts[i] for i in keep], dtype=np.float64),
         "clip_id": np.asarray([ids[i] for i in keep], dtype=object),
-        "label": np.asarray([batch["label"][i] for i in keep], dtype=object),
+        "label": label_column(batch["label"][i] for i in keep),
     }
 
 

@@ -10,6 +10,8 @@ from typing import Callable
 
 import psutil
 
+from avray.data.labels import batch_labels
+
 
 class ResourceMonitor:
     """Samples this process and all its descendants while a benchmark runs: where the CPU time
@@ -107,7 +109,7 @@ def consume(dataset, batch_size: int = 32, progress: Callable[[str], None] | Non
     clips, labels = 0, {}
     for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
         clips += len(batch["clip_id"])
-        for label in batch["label"]:
+        for label in batch_labels(batch):
             key = "(none)" if label is None else str(label)
             labels[key] = labels.get(key, 0) + 1
         now = time.perf_counter()

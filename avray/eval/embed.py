@@ -21,6 +21,7 @@ import ray
 import torch
 
 from avray.config import Config, config_from_dict, load_config
+from avray.data.labels import label_column
 from avray.data.sources import SourceError, filesystem_for
 from avray.train.checkpoint import CONFIG_FILE, find_checkpoint, load_model
 
@@ -95,7 +96,7 @@ class EmbedClips:
             "clip_id": pa.array(batch["clip_id"].tolist(), pa.string()),
             "source": pa.array(batch["source"].tolist(), pa.string()),
             "start": pa.array(batch["start"].tolist(), pa.float64()),
-            "label": pa.array([None if v is None else str(v) for v in batch["label"].tolist()], pa.string()),
+            "label": label_column(batch["label"]),
         }
         with torch.inference_mode():
             for prefix, model in self.models.items():

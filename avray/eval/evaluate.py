@@ -8,9 +8,11 @@ Metric keys (flat; DESIGN.md), each also under ``baseline/`` for the random-weig
 
 - ``retrieval/{a2v,v2a}/recall@{1,5,10}``, ``.../median_rank``: cross-modal instance retrieval;
 - ``elo/fitness``: ELo's Zipf fitness of the fused embeddings (label-free);
-- with labels: ``probe/{video,audio,fused}/accuracy`` (logistic regression, folds by video),
+- on the clips that carry a label, when they are of two classes or more:
+  ``probe/{video,audio,fused}/accuracy`` (logistic regression, folds by video),
   ``knn/{...}/accuracy``, ``retrieval/{a2v,v2a}/class_map``, ``cluster/{...}/{nmi,ari}``;
-- counts: ``clips``, ``videos``, ``skipped_videos`` (no baseline twin).
+- counts: ``clips``, ``labelled_clips`` (those the label metrics score), ``videos``,
+  ``skipped_videos`` (no baseline twin).
 
 In MLflow every key carries an ``eval/`` prefix, and ``@`` becomes ``_at_`` (MLflow refuses it
 in metric names).
@@ -29,6 +31,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from avray.config import Config, ConfigError
+from avray.data.labels import labelled_count
 from avray.data.pipeline import load_clips
 from avray.eval.embed import (
     BASELINE_PREFIX,
@@ -60,7 +63,7 @@ METRICS_FILE = "metrics.json"
 EMBEDDINGS_FILE = "embeddings.parquet"
 PLOTS_FOLDER = "plots"
 MLFLOW_PREFIX = "eval/"
-COUNT_KEYS = ("clips", "videos", "skipped_videos")
+COUNT_KEYS = ("clips", "labelled_clips", "videos", "skipped_videos")
 # Retrieval directions: (query modality, gallery modality).
 DIRECTIONS = {"a2v": ("audio", "video"), "v2a": ("video", "audio")}
 
@@ -226,7 +229,8 @@ def evaluate(checkpoint: str | Path, data: str, output: str | Path, *, cfg_overr
     metrics, predictions = all_metrics(trained, cfg, folds)
     baseline_metrics, _ = all_metrics(baseline, cfg, folds)
     metrics.update({BASELINE_PREFIX + k: v for k, v in baseline_metrics.items()})
-    metrics.update(clips=len(trained), videos=len(set(trained.sources.tolist())),
+    metrics.update(clips=len(trained), labelled_clips=labelled_count(trained.labels)[0],
+                   videos=len(set(trained.sources.tolist())),
                    skipped_videos=len(clips.report().skipped))
     (output / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True))
     plots = write_plots(trained, baseline, predictions, output / PLOTS_FOLDER, cfg.train.seed)

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from avray.config import Config, config_from_dict, with_overrides
+from avray.data.labels import batch_labels, labelled_count
 from avray.eval.metrics import knn_accuracy, zipf_fitness
 from avray.models import build_model
 from avray.objectives import LossMixture
@@ -149,7 +150,8 @@ def _recluster(core: Pretrainer, shard, cfg: Config, device: torch.device) -> di
 @torch.no_grad()
 def validate(core: Pretrainer, dataset, cfg: Config, device: torch.device) -> dict[str, float]:
     """Loss terms on held-out videos, ELo's Zipf fitness on their fused embeddings, and
-    kNN accuracy when they carry labels (labels are never used for training)."""
+    kNN accuracy on those that carry labels, when they are of two classes or more (labels are
+    never used for training)."""
     core.eval()
     terms: dict[str, float] = {}
     batches = 0
@@ -164,7 +166,7 @@ def validate(core: Pretrainer, dataset, cfg: Config, device: torch.device) -> di
                 terms[name] = terms.get(name, 0.0) + float(value)
             batches += 1
         fused.append(outputs["fused"].float().cpu().numpy())
-        labels += list(batch["label"])
+        labels += list(batch_labels(batch))
         sources += list(batch["source"])
     core.train()
     metrics = {f"val/{name}": value / batches for name, value in terms.items()} if batches else {}
@@ -172,8 +174,10 @@ def validate(core: Pretrainer, dataset, cfg: Config, device: torch.device) -> di
         embeddings = np.concatenate(fused)
         if len(embeddings) >= 4:
             metrics["val/elo_fitness"] = zipf_fitness(embeddings, cfg.tune.zipf_clusters, cfg.tune.zipf_exponent, cfg.train.seed)
-        if all(label is not None for label in labels) and len(set(labels)) > 1:
-            metrics["val/knn_accuracy"] = knn_accuracy(embeddings, np.asarray(labels), np.asarray(sources))
+        labelled = np.array([label is not None for label in labels], dtype=bool)
+        if labelled_count(labels)[1] > 1:
+            metrics["val/knn_accuracy"] = knn_accuracy(embeddings[labelled], np.asarray(labels)[labelled],
+                                                       np.asarray(sources)[labelled])
     return metrics
 
 

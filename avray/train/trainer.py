@@ -10,7 +10,6 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import ray
 import ray.train
-from ray.train.torch import TorchTrainer
 
 from avray.config import Config
 from avray.data.pipeline import TrainingData, training_data
@@ -19,6 +18,7 @@ from avray.data.sources import filesystem_for
 from avray.features import for_inputs
 from avray.tracking import Tracker, start_job_run
 from avray.train.checkpoint import checkpoint_uri
+from avray.train.faults import FailFastTorchTrainer, deterministic_failure
 from avray.train.loop import train_loop_per_worker
 
 RUN_NAME = "pretrain"
@@ -82,7 +82,8 @@ def ray_storage(output: str) -> tuple[str, pafs.FileSystem | None]:
     return path, fs
 
 
-def build_trainer(cfg: Config, data: TrainingData, output: str, tracker: Tracker | None, cache: bool) -> TorchTrainer:
+def build_trainer(cfg: Config, data: TrainingData, output: str, tracker: Tracker | None,
+                  cache: bool) -> FailFastTorchTrainer:
     """``cache``: read the clips into the object store first (:func:`cache_training_clips`)."""
     scaling_config = scaling(cfg)
     storage_path, storage_filesystem = ray_storage(output)
@@ -95,7 +96,7 @@ def build_trainer(cfg: Config, data: TrainingData, output: str, tracker: Tracker
         )
     streams = {"train": data.train, **({"val": data.val} if data.val is not None else {})}
     datasets = {name: stream.materialize() if cache else stream for name, stream in streams.items()}
-    return TorchTrainer(
+    return FailFastTorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "config": cfg.to_dict(),
@@ -112,6 +113,7 @@ def build_trainer(cfg: Config, data: TrainingData, output: str, tracker: Tracker
             name=RUN_NAME,
             storage_path=storage_path,
             storage_filesystem=storage_filesystem,
+            # Lost workers and nodes only: an error of the training code stops the run (FailFastPolicy).
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             # Train V2 patches print() in workers into a logger *and* the original stream, so
@@ -128,11 +130,20 @@ def pretrain(cfg: Config, data_uri: str, output: str, track: bool = True) -> Pre
     cfg = for_inputs(cfg, data_uri)
     data = training_data(data_uri, cfg.data)
     cache = cache_training_clips(cfg, data)
-    print(f"[avray] {data.num_train_clips} training clips, {data.num_val_clips} held-out clips"
+    labelled = f" ({data.val_labelled} labelled)" if 0 < data.val_labelled < data.num_val_clips else ""
+    print(f"[avray] {data.num_train_clips} training clips, {data.num_val_clips} held-out clips{labelled}"
           f"{' (read once into the object store)' if cache else ''}", flush=True)
     tracker = start_job_run(cfg, output) if track else None
     trainer = build_trainer(cfg, data, output, tracker, cache)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        fatal = deterministic_failure(err)
+        if tracker is not None:
+            tracker.finish("FAILED")
+        if fatal is not None:
+            raise fatal from None
+        raise
     history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
     checkpoint = checkpoint_uri(result.checkpoint) if result.checkpoint else None
     skipped = data.clips.report()

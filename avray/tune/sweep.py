@@ -16,20 +16,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
 from ray import tune
 
 from avray.config import Config, ConfigError, with_overrides
-from avray.data.pipeline import materialize_on_driver_node, training_data
+from avray.data.pipeline import materialize_on_driver_node, on_driver_node, training_data
 from avray.data.sources import filesystem_for
 from avray.features import for_inputs
 from avray.tracking import redact, start_job_run
 from avray.train.checkpoint import checkpoint_uri
+from avray.train.faults import TrainingError
 from avray.train.trainer import ray_storage
 from avray.tune.callback import TrialRuns, recorded_results
 from avray.tune.plots import plot_fitness, plot_lambda_trajectories
 from avray.tune.schedulers import build_scheduler, build_search_alg, fitness_metric
 from avray.tune.space import search_space, trial_config
-from avray.tune.trainable import EXPLOITED_FROM, train_trial
+from avray.tune.trainable import EXPLOITED_FROM, TrialFailures, train_trial
 
 EXPERIMENT = "tune_losses"
 
@@ -74,8 +76,10 @@ def tune_losses(cfg: Config, data_uri: str, output: str) -> SweepResult:
     train, val = materialize_on_driver_node(data.train), materialize_on_driver_node(data.val)
     print(f"[avray] {train.count() + val.count()} clips ({(train.size_bytes() + val.size_bytes()) / 2**20:.0f} MiB) "
           f"in the object store in {time.perf_counter() - start:.1f} s", flush=True)
+    failures = on_driver_node(TrialFailures).remote()
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, base=cfg, train=train, val=val, steps_per_epoch=steps_per_epoch),
+        tune.with_parameters(train_trial, base=cfg, train=train, val=val, steps_per_epoch=steps_per_epoch,
+                             failures=failures),
         {"CPU": cfg.tune.cpus_per_trial, "GPU": cfg.tune.gpus_per_trial},
     )
     parent = start_job_run(cfg, output, job="tune")
@@ -109,10 +113,10 @@ def tune_losses(cfg: Config, data_uri: str, output: str) -> SweepResult:
         )
     grid = tuner.fit()
     return _summarise(cfg, grid, metric, f"{output.rstrip('/')}/{EXPERIMENT}" if "://" in output else experiment_path,
-                      parent, output, recorded_results(state_file))
+                      parent, output, recorded_results(state_file), ray.get(failures.get.remote()))
 
 
-def _trial_row(result, metric: str, objectives: list[str], recorded: list[dict] | None) -> dict:
+def _trial_row(result, metric: str, objectives: list[str], recorded: list[dict] | None, cause: str | None) -> dict:
     # Tune's own record of a retried trial may lack results (see recorded_results); it is
     # the fallback for a sweep resumed where the driver's record is not (an s3:// output).
     rows = recorded or (result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else [])
@@ -120,7 +124,8 @@ def _trial_row(result, metric: str, objectives: list[str], recorded: list[dict] 
     fitness = [r[metric] for r in rows if isinstance(r.get(metric), float) and math.isfinite(r[metric])]
     return {
         "trial": Path(result.path).name,
-        "status": "error" if result.error else "ok",
+        "status": "error" if result.error or cause else "ok",
+        "error": cause or (" ".join(str(result.error).split())[:500] if result.error else None),
         "epochs": int(last.get("epoch", 0)),
         **{f"initial_lambda/{n}": first.get(f"lambda/{n}") for n in objectives},
         **{f"final_lambda/{n}": last.get(f"lambda/{n}") for n in objectives},
@@ -135,12 +140,17 @@ def _trial_row(result, metric: str, objectives: list[str], recorded: list[dict] 
 
 
 def _summarise(cfg: Config, grid, metric: str, experiment_path: str, parent, output: str,
-               recorded: dict[str, list[dict]]) -> SweepResult:
+               recorded: dict[str, list[dict]], causes: dict[str, str]) -> SweepResult:
     objectives = sorted(cfg.objectives.enabled())
-    trials = [_trial_row(result, metric, objectives, recorded.get(Path(result.path).name)) for result in grid]
+    trials = [_trial_row(result, metric, objectives, recorded.get(Path(result.path).name),
+                         causes.get(Path(result.path).name)) for result in grid]
+    for cause in causes.values():
+        print(f"[avray] {cause}", flush=True)
     finished = [t for t in trials if isinstance(t["final_fitness"], float) and math.isfinite(t["final_fitness"])]
     if not finished:
         parent.finish("FAILED")
+        if causes:
+            raise TrainingError(f"every trial of the sweep failed; the first: {next(iter(causes.values()))}")
         raise RuntimeError(f"no trial of the sweep in {experiment_path} reported {metric}; see the trial errors above")
     best = max(finished, key=lambda t: t["final_fitness"])
     best_result = next(r for r in grid if Path(r.path).name == best["trial"])

@@ -12,13 +12,17 @@ and rebuild a worker group. A trial therefore trains on one device (its own GPU 
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 
+import ray
 import torch
 from ray import tune
 
 from avray.config import Config
+from avray.train.faults import describe, is_lost_worker
 from avray.train.loop import Session, run_loop
+from avray.tune.schedulers import fitness_metric
 from avray.tune.space import trial_config
 
 # A trial's first report after it restored another trial's checkpoint names that trial.
@@ -30,7 +34,27 @@ def _trial_of(checkpoint_path: str) -> str:
     return Path(checkpoint_path).parent.name
 
 
-def train_trial(config: dict, *, base: Config, train, val, steps_per_epoch: int) -> None:
+@ray.remote(num_cpus=0)
+class TrialFailures:
+    """The trials that stopped on an error of the training code, each with its one-line cause.
+
+    Tune retries a failed trial ``max_failures`` times whatever the error, and a trial that
+    raised the same error each time would cost every retry. Such a trial records its cause
+    here and ends instead, with no fitness; the sweep reports it as failed
+    (:mod:`avray.train.faults`).
+    """
+
+    def __init__(self):
+        self.causes: dict[str, str] = {}
+
+    def record(self, trial: str, cause: str) -> None:
+        self.causes.setdefault(trial, cause)
+
+    def get(self) -> dict[str, str]:
+        return self.causes
+
+
+def train_trial(config: dict, *, base: Config, train, val, steps_per_epoch: int, failures) -> None:
     cfg, weights = trial_config(base, config)
     checkpoint = tune.get_checkpoint()
     use_gpu = cfg.tune.gpus_per_trial > 0 and torch.cuda.is_available()
@@ -47,4 +71,12 @@ def train_trial(config: dict, *, base: Config, train, val, steps_per_epoch: int)
     session = Session(rank=0, world=1, device=device, train=train, val=val, checkpoint=checkpoint, report=report,
                       prepare_model=lambda module: module.to(device), weights=weights,
                       threads=cfg.train.threads_per_worker or max(1, round(cfg.tune.cpus_per_trial)))
-    run_loop(cfg, session, steps_per_epoch)
+    try:
+        run_loop(cfg, session, steps_per_epoch)
+    except Exception as err:
+        if is_lost_worker(err):
+            raise  # Tune resumes the trial from its last checkpoint
+        ray.get(failures.record.remote(own_trial, describe(err, traceback.format_exc(), f"trial {own_trial}")))
+        # The last epoch's result, with no fitness: Tune stops the trial on it, before a
+        # scheduler could hand it another trial's checkpoint to fail on again.
+        tune.report({fitness_metric(cfg): float("nan"), "epoch": cfg.train.epochs})

@@ -15,7 +15,7 @@ from avray.config import load_config
 from avray.data.demo_corpus import make_demo_corpus
 from avray.data.pipeline import load_clips, write_prepared
 from avray.eval.embed import BASELINE_PREFIX, EmbeddingTable, read_embeddings
-from avray.eval.evaluate import all_metrics, find_pretraining_run, format_table, log_to_mlflow, open_tracker
+from avray.eval.evaluate import all_metrics, find_pretraining_run, format_table, labelled, log_to_mlflow, open_tracker
 from avray.eval.evaluate import evaluate as run_evaluation
 from avray.train.checkpoint import load_config_of
 from avray.train.trainer import pretrain
@@ -38,7 +38,7 @@ LABEL_KEYS = [f"{kind}/{m}/{what}" for m in ("video", "audio", "fused")
               for kind, what in (("probe", "accuracy"), ("knn", "accuracy"), ("cluster", "nmi"), ("cluster", "ari"))]
 RETRIEVAL_KEYS = [f"retrieval/{d}/{k}" for d in ("a2v", "v2a")
                   for k in ("recall@1", "recall@5", "recall@10", "median_rank", "class_map")]
-COUNTS = ["clips", "videos", "skipped_videos"]
+COUNTS = ["clips", "labelled_clips", "videos", "skipped_videos"]
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +166,22 @@ def test_unlabelled_clips_get_label_free_metrics_only():
     metrics, predictions = all_metrics(table, load_config(None, ["tune.zipf_clusters=2"]), folds=5)
     assert predictions is None
     assert sorted(metrics) == sorted([k for k in RETRIEVAL_KEYS if not k.endswith("class_map")] + ["elo/fitness"])
+
+
+def test_a_partly_labelled_corpus_is_scored_on_its_labelled_clips():
+    rng = np.random.default_rng(0)
+    n = 24
+    table = EmbeddingTable(
+        ids=np.array([f"v{i}@0" for i in range(n)], dtype=object),
+        sources=np.array([f"v{i}" for i in range(n)], dtype=object),
+        starts=np.zeros(n), labels=np.array([("ab"[i % 2] if i % 3 else None) for i in range(n)], dtype=object),
+        audio=rng.standard_normal((n, 4), dtype=np.float32), video=rng.standard_normal((n, 4), dtype=np.float32),
+        fused=rng.standard_normal((n, 8), dtype=np.float32),
+    )
+    with_labels = labelled(table)
+    assert len(with_labels) == 16 and None not in with_labels.labels.tolist()
+    metrics, predictions = all_metrics(table, load_config(None, ["tune.zipf_clusters=2"]), folds=4)
+    assert len(predictions) == 16 and {"probe/fused/accuracy", "retrieval/a2v/class_map"} <= set(metrics)
 
 
 def test_format_table_puts_trained_and_baseline_side_by_side():

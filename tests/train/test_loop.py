@@ -74,3 +74,22 @@ def test_a_restored_trial_trains_with_its_own_config_not_the_checkpoints(ray_loc
     assert state["scheduler"]["base_lrs"] == [pytest.approx(0.01)]  # the source trained at 0.001
     # The checkpoint's config records the λ trained with.
     assert "weight: 0.2" in (folder / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("labels, knn", [
+    (np.full(8, np.nan, np.float32), False),                      # an all-null column, as Ray Data hands it over
+    (np.array(["a", None, "b", None, "a", None, "b", None], dtype=object), True),  # half labelled, two classes
+])
+def test_validation_scores_only_the_labelled_held_out_clips(tmp_path, labels, knn):
+    cfg = tiny_config(tmp_path, "train.epochs=1")
+    val = InMemoryClips(cfg, seed=1)
+    val.rows["source"] = np.array([f"v{i}" for i in range(8)], dtype=object)
+    val.rows["label"] = labels
+    reports = []
+    session = Session(rank=0, world=1, device=torch.device("cpu"), train=InMemoryClips(cfg), val=val,
+                      checkpoint=None, report=lambda metrics, folder: reports.append(metrics),
+                      prepare_model=lambda m: m)
+    run_loop(cfg, session, steps_per_epoch=2)
+    (metrics,) = reports
+    assert math.isfinite(metrics["val/elo_fitness"])
+    assert ("val/knn_accuracy" in metrics) == knn

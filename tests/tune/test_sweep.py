@@ -135,3 +135,14 @@ def test_a_killed_trial_is_retried_from_its_checkpoint(ray_local, corpus, tmp_pa
     epochs = [row["epoch"] for row in history]
     assert epochs.count(1) == 1 and epochs[-1] == epochs_to_train, epochs
     assert history[-1]["global_step"] == epochs_to_train * steps_per_epoch
+
+
+def test_a_trial_that_would_fail_the_same_way_again_ends_at_once(ray_local, corpus, tmp_path):
+    from avray.train.faults import TrainingError
+    from tests.train.test_faults import FAILS_IN_THE_WORKER
+
+    cfg = tiny_config(tmp_path, *FAILS_IN_THE_WORKER, "tune.num_samples=2", "tune.cpus_per_trial=0.5",
+                      "train.max_failures=3")
+    with pytest.raises(TrainingError, match=r"^every trial of the sweep failed; the first: training failed on trial "
+                                            r"\w+ with \w+: model.n_fft .*; not retried"):
+        tune_losses(cfg, corpus, str(tmp_path / "sweep"))

@@ -19,7 +19,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pyarrow.fs as pafs
 
 from avray.config import Config, DataConfig
-from avray.data.sources import filesystem_for, is_prepared, list_videos
+from avray.data.shards import is_prepared
+from avray.data.sources import list_videos
+from avray.storage import filesystem_for
 from avray.tracking import tracking_uri
 
 # Short timeouts and one retry: an endpoint that is up answers well within them, and one

@@ -1,6 +1,6 @@
 """Media files for tests (helpers, not a test module): good videos, hostile inputs, odd-but-good ones.
 
-Everything is written with :func:`avray.data.media.write_media`, i.e. real containers
+Everything is written with :func:`avray.demo.media.write_media`, i.e. real containers
 that PyAV/FFmpeg read like any downloaded file.
 
 Skip-reason categories (what the decoder reports for a file it must skip; the same
@@ -30,7 +30,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from avray.data.media import write_media
+from avray.demo.media import write_media
 
 EMPTY = "empty"
 UNREADABLE = "unreadable"
@@ -85,7 +85,7 @@ def make_good_video(
     """A real video (codecs from the extension) with a moving disc and, if ``audio``, a tone.
 
     ``size`` is a side (square) or ``(width, height)``. Returns ``write_media``'s
-    :class:`~avray.data.media.WrittenMedia`.
+    :class:`~avray.demo.media.WrittenMedia`.
     """
     width, height = (size, size) if isinstance(size, int) else size
     return write_media(

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from avray import cli
+from avray.checkpoint import CONFIG_FILE, STATE_FILE
 from avray.config import Config
-from avray.train.checkpoint import CONFIG_FILE, STATE_FILE
 from tests.test_preflight import closed_port
 
 ROOT = Path(__file__).resolve().parents[1]

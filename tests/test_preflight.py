@@ -8,8 +8,15 @@ import time
 import pytest
 
 from avray.config import DataConfig
-from avray.data.sources import PREPARED_MARKER, SourceError
-from avray.preflight import PreflightError, check_data, check_output, check_tracking_server, without_userinfo
+from avray.data.shards import PREPARED_MARKER
+from avray.data.sources import SourceError
+from avray.preflight import (
+    PreflightError,
+    check_data,
+    check_output,
+    check_tracking_server,
+    without_userinfo,
+)
 
 # Generous: a check that fails fast takes well under a second here; pyarrow's and MLflow's
 # default retries take from seconds to minutes.

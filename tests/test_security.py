@@ -56,9 +56,10 @@ import pytest
 import torch
 import yaml
 
+from avray.checkpoint import load_state
 from avray.config import ConfigError, FrozenVideoConfig, load_config
+from avray.models import load_model
 from avray.models.frozen import load_module
-from avray.train.checkpoint import load_model, load_state
 from tests.s3server import seaweedfs
 from tests.tiny import TINY, make_tiny_corpus
 
@@ -75,7 +76,7 @@ RUNS = "s3://runs/pretrain-1"
 # A new process loading the model from each location it names; prints embed_dim and size.
 LOAD_AND_DESCRIBE = """
 import sys
-from avray.train.checkpoint import load_model
+from avray.models import load_model
 for location in sys.argv[1:]:
     model, cfg = load_model(location)
     print(cfg.model.embed_dim, sum(p.numel() for p in model.parameters()))

@@ -4,11 +4,18 @@ import logging
 
 import pytest
 
+from avray.checkpoint import load_config_of, save_state
 from avray.config import TrackingConfig, load_config
 from avray.tracking import (
-    Tracker, TrackingError, redact, redact_params, start_job_run, stdout_redacted, tracking_uri, ui_command,
+    Tracker,
+    TrackingError,
+    redact,
+    redact_params,
+    start_job_run,
+    stdout_redacted,
+    tracking_uri,
+    ui_command,
 )
-from avray.train.checkpoint import load_config_of, save_state
 
 
 def test_config_wins_then_environment_then_a_file_in_the_output(tmp_path, monkeypatch):

@@ -22,8 +22,8 @@ import torch
 
 from avray import cli
 from avray.config import load_config
-from avray.data.demo_corpus import prepared_demo_clips
-from avray.features import extract_features
+from avray.demo.corpus import prepared_demo_clips
+from avray.extract import extract_features
 from avray.models import AudioEncoder, VideoEncoder
 from avray.train.trainer import pretrain
 

@@ -41,9 +41,9 @@ from torch.utils.data import DataLoader, Dataset
 from avray import cli
 from avray.config import DataConfig
 from avray.data.decode import decode_clip, decode_clips_of_video
-from avray.data.demo_corpus import make_demo_corpus
+from avray.demo.corpus import make_demo_corpus
 from avray.data.pipeline import build_clip_index, decode_dataset
-from avray.data.throughput import ResourceMonitor, consume
+from avray.demo.throughput import ResourceMonitor, consume
 
 BATCH = 16
 

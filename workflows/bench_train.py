@@ -27,7 +27,7 @@ import torch
 
 from avray import cli
 from avray.config import load_config, with_overrides
-from avray.data.demo_corpus import prepared_demo_clips
+from avray.demo.corpus import prepared_demo_clips
 from avray.data.pipeline import load_clips
 from avray.models import build_model
 from avray.objectives import LossMixture

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from avray import cli, preflight
-from avray.data.demo_corpus import make_demo_corpus
+from avray.demo.corpus import make_demo_corpus
 from avray.data.pipeline import count_prepared, prepare
-from avray.data.sources import is_prepared
+from avray.data.shards import is_prepared
 from avray.eval.evaluate import evaluate, format_table
 from avray.tracking import ui_command
 from avray.train.trainer import pretrain

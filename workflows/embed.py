@@ -14,8 +14,14 @@ import time
 from avray import cli, preflight
 from avray.config import ConfigError
 from avray.data.pipeline import load_clips
-from avray.features import check_inputs
-from avray.eval.embed import ModelSpec, count_embeddings, embed_dataset, evaluation_config, write_embeddings
+from avray.data.shards import check_inputs
+from avray.eval.embed import (
+    ModelSpec,
+    count_embeddings,
+    embed_dataset,
+    evaluation_config,
+    write_embeddings,
+)
 
 
 def main(argv=None) -> int:

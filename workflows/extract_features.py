@@ -13,7 +13,7 @@ actor when the cluster has GPUs). SRC is any corpus or prepared clips.
 from __future__ import annotations
 
 from avray import cli, preflight
-from avray.features import extract_features
+from avray.extract import extract_features
 
 
 def main(argv=None) -> int:

@@ -3,7 +3,7 @@
     python workflows/make_demo_corpus.py --output data/demo --videos 200 --seed 0 [--duration 4]
 
 Layout ``OUTPUT/<class>/digit_NNNNN.mp4`` with classes 0..9 (labels come from the folder
-names). The same seed writes byte-identical files. See ``avray/data/demo_corpus.py``.
+names). The same seed writes byte-identical files. See ``avray/demo/corpus.py``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from collections import Counter
 from pathlib import Path
 
 try:
-    from avray.data.demo_corpus import make_demo_corpus
+    from avray.demo.corpus import make_demo_corpus
 except ImportError:  # run from a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from avray.data.demo_corpus import make_demo_corpus
+    from avray.demo.corpus import make_demo_corpus
 
 
 def main(argv=None) -> int:

@@ -35,7 +35,8 @@ from avray.data.report import (
     UNSUPPORTED,
     SkipError,
 )
-from avray.data.sources import filesystem_for, unprintable_original
+from avray.data.sources import unprintable_original
+from avray.storage import filesystem_for
 
 # Beyond these, a header is lying or the file is hostile; decoding would exhaust memory.
 MAX_PIXELS = 8192 * 8192

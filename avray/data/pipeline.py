@@ -24,13 +24,22 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
+from avray.cluster import on_driver_node
 from avray.config import DataConfig
 from avray.data.labels import label_or_none, labelled_count
 from avray.data.report import SkipLog, SkipReport
-from avray.data.sources import PREPARED_MARKER, SourceError, filesystem_for, is_prepared, list_videos
+from avray.data.shards import PREPARED_MARKER, is_prepared
+from avray.data.sources import SourceError, list_videos
 from avray.data.stages import (
-    clip_id, clip_starts, decode_clip_stream, probe_videos, random_start, video_batches, video_unit,
+    clip_id,
+    clip_starts,
+    decode_clip_stream,
+    probe_videos,
+    random_start,
+    video_batches,
+    video_unit,
 )
+from avray.storage import filesystem_for
 
 # Shape-defining settings: prepared shards are only valid for a config that agrees on these.
 CLIP_SHAPE_KEYS = ("clip_seconds", "fps", "frame_size", "sample_rate")
@@ -207,40 +216,6 @@ class EpochClock:
 
     def get(self) -> int:
         return self.epoch
-
-
-def on_driver_node(actor_class):
-    """``actor_class`` scheduled on the driver's node: a job's bookkeeping actors (skip log,
-    epoch clock) then live exactly as long as the job, and losing a worker node loses neither
-    the skip counts nor the epoch (a num_cpus=0 actor may otherwise land on any node)."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    return actor_class.options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False))
-
-
-def materialize_on_driver_node(dataset: ray.data.Dataset) -> ray.data.MaterializedDataset:
-    """``dataset`` computed into the object store, every block held by the driver's node.
-
-    ``materialize()`` leaves each block on the node whose task made it. When that node is
-    lost, Ray rebuilds the block by running the task again, which must wait for a free CPU.
-    A sweep's trials hold their CPUs (in placement groups) until they end, so a trial that
-    needs a lost block waits for a CPU that only it could free: the sweep hangs. A block the
-    driver put is lost only with the driver's node, and that ends the job anyway.
-
-    Cost: the driver's node holds the whole dataset (its object store spills to disk beyond
-    memory), and each block that another node holds is copied once through the driver.
-    """
-    here = ray.get_runtime_context().get_node_id()
-    refs = dataset.materialize().to_arrow_refs()
-    locations = ray.experimental.get_object_locations(refs)
-    pinned = []
-    for ref in refs:
-        where = locations.get(ref)  # None: the lookup failed
-        # Blocks under 100 KB have no node: they live in the driver's own memory.
-        held_here = where is not None and not where["did_spill"] and all(node == here for node in where["node_ids"])
-        pinned.append(ref if held_here else ray.put(ray.get(ref)))
-    return ray.data.from_arrow_refs(pinned)
 
 
 def decode_dataset(index: ClipIndex, cfg: DataConfig, epoch: int = 0, epoch_clock=None) -> Clips:

@@ -13,7 +13,6 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Sequence
-from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -21,17 +20,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from avray.data.labels import label_or_none
+from avray.storage import SourceError, filesystem_for, join_uri
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
-# A prepared-clip folder (workflows/prepare.py) carries this marker next to its shards;
-# the leading underscore keeps pyarrow and Ray from taking it for a data file.
-PREPARED_MARKER = "_avray_clips.json"
-
-
-class SourceError(ValueError):
-    """The data source cannot be used; the message says what to fix."""
-
-
 @dataclass(frozen=True)
 class VideoRef:
     """One video: ``path`` as the filesystem sees it (``bucket/key`` for S3), ``uri`` as the user wrote it."""
@@ -40,49 +31,8 @@ class VideoRef:
     label: str | None = None
 
 
-def filesystem_for(uri: str, endpoint_override: str | None = None) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem for ``uri`` and the path inside it.
-
-    pyarrow ignores ``AWS_ENDPOINT_URL``, so an S3-compatible endpoint is passed explicitly
-    (``endpoint_override``, or ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` from the environment).
-    """
-    parsed = urlparse(uri)
-    if parsed.scheme == "s3":
-        endpoint = endpoint_override or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        kwargs: dict = {}
-        if endpoint:
-            endpoint_url = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
-            kwargs["endpoint_override"] = endpoint_url.netloc
-            kwargs["scheme"] = endpoint_url.scheme
-            # S3-compatible servers rarely care about the region, but pyarrow must not
-            # go looking for the bucket's region on AWS.
-            kwargs["region"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        elif os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"):
-            kwargs["region"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        return pafs.S3FileSystem(**kwargs), f"{parsed.netloc}{parsed.path}".rstrip("/")
-    if parsed.scheme in ("", "file"):
-        path = parsed.path if parsed.scheme == "file" else uri
-        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
-    raise SourceError(f"unsupported data location {uri!r}: use a local path, a manifest file or s3://bucket/prefix")
-
-
-def join_uri(base: str, relative: str) -> str:
-    """``relative`` resolved against the folder ``base`` (local path or s3:// URI)."""
-    if urlparse(relative).scheme or os.path.isabs(relative):
-        return relative
-    if base.startswith("s3://"):
-        return f"{base.rstrip('/')}/{relative}"
-    return os.path.join(base, relative)
-
-
 def _to_uri(fs: pafs.FileSystem, path: str) -> str:
     return f"s3://{path}" if isinstance(fs, pafs.S3FileSystem) else path
-
-
-def is_prepared(uri: str, endpoint_override: str | None = None) -> bool:
-    """True when ``uri`` is a folder of clip shards written by ``workflows/prepare.py``."""
-    fs, path = filesystem_for(uri, endpoint_override)
-    return fs.get_file_info(f"{path}/{PREPARED_MARKER}").type == pafs.FileType.File
 
 
 def list_videos(uri: str, extensions: Sequence[str], endpoint_override: str | None = None) -> list[VideoRef]:

@@ -20,10 +20,13 @@ import pyarrow.dataset as pads
 import ray
 import torch
 
+from avray.checkpoint import CONFIG_FILE, find_checkpoint
+from avray.cluster import inference_pool
 from avray.config import Config, config_from_dict, load_config
 from avray.data.labels import label_column
-from avray.data.sources import SourceError, filesystem_for
-from avray.train.checkpoint import CONFIG_FILE, find_checkpoint, load_model
+from avray.data.sources import SourceError
+from avray.models import load_model
+from avray.storage import filesystem_for
 
 # The embeddings evaluated and exported: the projection heads (the space where the
 # cross-modal objectives compare audio with video) and the joint embedding.
@@ -126,15 +129,6 @@ def embed_dataset(clips: ray.data.Dataset, models: Mapping[str, ModelSpec] | Mod
         zero_copy_batch=False,
         **inference_pool(actors),
     )
-
-
-def inference_pool(actors: int | None = None) -> dict:
-    """``map_batches`` arguments for a pool of model-holding actors: ``actors`` of them, else
-    one per GPU, else a quarter of the CPUs (decoding the clips needs the rest)."""
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    size = actors or (gpus if gpus else max(1, int(resources.get("CPU", 1)) // 4))
-    return {"compute": ray.data.ActorPoolStrategy(size=size), "num_gpus": 1 if gpus else 0, "num_cpus": 1}
 
 
 def write_embeddings(embeddings: ray.data.Dataset, uri: str, endpoint_override: str | None = None) -> None:

@@ -30,9 +30,11 @@ from typing import Callable, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
+from avray.checkpoint import load_state
 from avray.config import Config, ConfigError
 from avray.data.labels import labelled_count
 from avray.data.pipeline import load_clips
+from avray.data.shards import check_inputs
 from avray.eval.embed import (
     BASELINE_PREFIX,
     ID_COLUMNS,
@@ -43,7 +45,8 @@ from avray.eval.embed import (
     embed_dataset,
     evaluation_config,
 )
-from avray.eval.metrics import (
+from avray.eval.plots import plot_confusion, plot_projection, plot_recall_curves
+from avray.metrics import (
     class_mean_average_precision,
     clustering,
     knn_accuracy,
@@ -52,10 +55,7 @@ from avray.eval.metrics import (
     retrieval_ranks,
     zipf_fitness,
 )
-from avray.eval.plots import plot_confusion, plot_projection, plot_recall_curves
-from avray.features import check_inputs
 from avray.tracking import RUN_ID_FILE, Tracker, tracking_uri
-from avray.train.checkpoint import load_state
 
 logger = logging.getLogger("avray.eval")
 

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
 
-from avray.eval.metrics import l2_normalize, recall_at  # noqa: E402
+from avray.metrics import l2_normalize, recall_at  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:

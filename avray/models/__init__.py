@@ -5,6 +5,7 @@ from avray.models.crop_attend import SpaceTimeCropAttend, random_box_mask
 from avray.models.features import FeatureModel
 from avray.models.fusion import ConcatMLPFusion, CrossAttentionFusion, build_fusion
 from avray.models.heads import ProjectionHead
+from avray.models.loading import load_model
 from avray.models.model import AVModel, build_model
 from avray.models.outputs import EncoderOutput
 from avray.models.video import FrameNormalize, VideoEncoder
@@ -23,5 +24,6 @@ __all__ = [
     "VideoEncoder",
     "build_fusion",
     "build_model",
+    "load_model",
     "random_box_mask",
 ]

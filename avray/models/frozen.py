@@ -22,10 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avray.config import ConfigError, DataConfig, FrozenAudioConfig, FrozenVideoConfig, ModelConfig
-from avray.data.sources import filesystem_for
+from avray.config import (
+    ConfigError,
+    DataConfig,
+    FrozenAudioConfig,
+    FrozenVideoConfig,
+    ModelConfig,
+)
 from avray.models.audio import LogMel
 from avray.models.outputs import EncoderOutput
+from avray.storage import filesystem_for
 
 
 def _read_bytes(uri: str, endpoint_override: str | None) -> bytes:

@@ -118,3 +118,12 @@ def all_reduce_(x: Tensor) -> Tensor:
     if is_distributed():
         dist.all_reduce(x)
     return x
+
+
+def share(values: dict) -> dict:
+    """Every rank's ``{key: value}`` dict merged into one, on every rank (picklable values)."""
+    if not is_distributed():
+        return dict(values)
+    parts: list = [None] * world_size()
+    dist.all_gather_object(parts, values)
+    return {key: value for part in parts for key, value in part.items()}

@@ -40,6 +40,9 @@ class FusedContrastive(Objective):
                              f"got audio {dims['audio']}, video {dims['video']}")
         return cls(dims["fused"], dims["video"], cfg.temperature, gather_distributed)
 
+    def config_buffers(self) -> list[Tensor]:
+        return [self.temperature]
+
     def forward(self, outputs: dict[str, Tensor], targets: None = None) -> Tensor:
         fused = self.head(outputs["fused"])
         return 0.5 * (infonce_loss(fused, outputs["video"], self.temperature, self.synced)

@@ -28,7 +28,13 @@ from torch import Tensor, nn
 
 from avray.config import InfoNCEConfig
 from avray.objectives.base import Objective
-from avray.objectives.distributed import batch_sizes, gather, global_mean, is_distributed, rank
+from avray.objectives.distributed import (
+    batch_sizes,
+    gather,
+    global_mean,
+    is_distributed,
+    rank,
+)
 
 
 def infonce_loss(audio: Tensor, video: Tensor, temperature: float | Tensor, gather_distributed: bool = True) -> Tensor:
@@ -83,6 +89,12 @@ class InfoNCE(Objective):
     @property
     def temperature(self) -> Tensor:
         return self.log_temperature.clamp(min=self.min_log_temperature).exp()
+
+    def no_weight_decay(self) -> list[nn.Parameter]:
+        return [self.log_temperature] if isinstance(self.log_temperature, nn.Parameter) else []
+
+    def config_buffers(self) -> list[Tensor]:
+        return [] if isinstance(self.log_temperature, nn.Parameter) else [self.log_temperature]
 
     def forward(self, outputs: dict[str, Tensor], targets: None = None) -> Tensor:
         return infonce_loss(outputs["audio"], outputs["video"], self.temperature, self.synced)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from avray.config import ObjectivesConfig
-from avray.objectives.base import Objective
+from avray.objectives.base import EpochContext, Objective
 from avray.objectives.cluster_contrastive import ClusterContrastive
 from avray.objectives.dcca import DCCA
 from avray.objectives.fused import FusedContrastive
@@ -59,9 +59,10 @@ class LossMixture(nn.Module):
     """``forward(outputs, targets=None) -> MixtureResult``.
 
     ``outputs``: the model's dict (``video_features``, ``audio_features``, ``video``, ``audio``,
-    ``fused``). ``targets``: per objective name, that objective's targets (only XDC has
-    some: ``{"xdc": {key: LongTensor [B]}}``). Objectives run in a fixed order, the same on
-    every rank, which their collectives require."""
+    ``fused``). ``targets``: per objective name, that objective's targets
+    (:meth:`batch_targets`). Objectives run in a fixed order, the same on every rank, which
+    their collectives require; the lifecycle hooks (:mod:`avray.objectives.base`) are
+    forwarded to each."""
 
     def __init__(self, objectives: Mapping[str, Objective], weights: Mapping[str, float],
                  nonfinite: str = "raise") -> None:
@@ -85,6 +86,26 @@ class LossMixture(nn.Module):
     @property
     def weights(self) -> dict[str, float]:
         return dict(self._weights)
+
+    def on_epoch_start(self, context: EpochContext) -> list[nn.Parameter]:
+        """Every objective's epoch-start hook, in order (the same on every rank: some are
+        collectives); the parameters they re-initialised."""
+        return [param for objective in self.objectives.values() for param in objective.on_epoch_start(context)]
+
+    def batch_targets(self, batch: Mapping[str, object], device: torch.device) -> dict[str, object]:
+        """Each objective's targets for ``batch`` (the objectives that have any)."""
+        targets = {name: objective.batch_targets(batch, device) for name, objective in self.objectives.items()}
+        return {name: target for name, target in targets.items() if target is not None}
+
+    def on_step_end(self, step: int) -> None:
+        for objective in self.objectives.values():
+            objective.on_step_end(step)
+
+    def no_weight_decay(self) -> list[nn.Parameter]:
+        return [param for objective in self.objectives.values() for param in objective.no_weight_decay()]
+
+    def config_buffers(self) -> list[Tensor]:
+        return [buffer for objective in self.objectives.values() for buffer in objective.config_buffers()]
 
     def set_weights(self, weights: Mapping[str, float]) -> None:
         """Change some λ without rebuilding. Raises for negative or non-finite λ, unknown names,

@@ -35,30 +35,33 @@ PCA-whitens them, which we leave out.
 No public XDC training code exists; this module follows the paper's description and is our
 reference implementation.
 
-How the training loop drives it (between epochs, every ``recluster_every_epochs``):
+Its lifecycle (the hooks of :mod:`avray.objectives.base`), every ``recluster_every_epochs``
+epochs and whenever it has no pseudo-labels yet, in ``on_epoch_start``:
 
-1. embed the training set in eval mode and average ``video_features``/``audio_features`` per
-   source video; shard the videos over the ranks (every video on exactly one rank);
-2. ``labels = xdc.recluster({"video_features": [n_r, Dv], "audio_features": [n_r, Da]})`` on
-   every rank (collective): distributed k-means; returns LongTensor [n_r] per cluster key
-   (``xdc.target_keys``), re-initialises the heads identically on all ranks, and stores the
-   centroids in buffers (``centroids_video`` etc.) and the round in ``rounds``, so the state
-   is in ``state_dict``. Reset the optimizer's state for ``xdc.parameters()`` too: stale
-   Adam moments belong to the old cluster order;
-3. share every video's labels (all-gather) and for each batch pass
-   ``targets = {key: LongTensor[B]}`` (the labels of each clip's source video) to ``forward``.
+1. ``context.embed_videos()``: the training set embedded in eval mode, ``video_features`` /
+   ``audio_features`` averaged per source video, the videos sharded over the ranks;
+2. :meth:`XDC.recluster` on every rank (collective): distributed k-means, per cluster key
+   (``target_keys``); the heads are re-initialised identically on all ranks, and the
+   centroids (``centroids_video`` etc.) and the round (``rounds``) kept in buffers;
+3. every video's labels shared (all-gather) and kept as the module's extra state, so a
+   checkpoint holds them; the heads' parameters are returned, so that the loop drops their
+   Adam moments, which belong to the old cluster order.
+
+``batch_targets`` then gives each batch ``{key: LongTensor [B]}``, the labels of each clip's
+source video.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avray.config import XDCConfig
-from avray.objectives.base import Objective
+from avray.objectives.base import EpochContext, Objective
 from avray.objectives.distributed import global_mean
 from avray.objectives.kmeans import kmeans
 
@@ -86,11 +89,15 @@ class XDC(Objective):
         kmeans_iters: int = 20,
         seed: int = 0,
         gather_distributed: bool = True,
+        recluster_every_epochs: int = 1,
     ) -> None:
         super().__init__(gather_distributed)
         if variant not in VARIANT_TERMS:
             raise ValueError(f"XDC variant must be one of {sorted(VARIANT_TERMS)}, got {variant!r}")
         self.variant, self.num_clusters, self.kmeans_iters, self.seed = variant, num_clusters, kmeans_iters, seed
+        self.recluster_every_epochs = recluster_every_epochs
+        # Source video -> {cluster key: label}, for every training video (all ranks alike).
+        self.pseudo_labels: dict[str, dict[str, int]] = {}
         self.terms = VARIANT_TERMS[variant]
         self.target_keys = tuple(sorted({key for _, key in self.terms}))
         self.heads = nn.ModuleDict({
@@ -106,7 +113,8 @@ class XDC(Objective):
     @classmethod
     def from_config(cls, cfg: XDCConfig, dims: dict[str, int], gather_distributed: bool) -> "XDC":
         feature_dims = {"video": dims["video_features"], "audio": dims["audio_features"]}
-        return cls(feature_dims, cfg.num_clusters, cfg.variant, cfg.kmeans_iters, cfg.seed, gather_distributed)
+        return cls(feature_dims, cfg.num_clusters, cfg.variant, cfg.kmeans_iters, cfg.seed, gather_distributed,
+                   cfg.recluster_every_epochs)
 
     def _round_seed(self, salt: int) -> int:
         return self.seed * 1_000_003 + int(self.rounds) * 1_009 + salt
@@ -146,6 +154,28 @@ class XDC(Objective):
         self.rounds += 1
         self._reset_heads()
         return labels
+
+    def on_epoch_start(self, context: EpochContext) -> list[nn.Parameter]:
+        if self.pseudo_labels and context.epoch % self.recluster_every_epochs:
+            return []
+        videos = context.embed_videos()
+        labels = self.recluster({key: videos.features[key] for key in ("video_features", "audio_features")})
+        self.pseudo_labels = videos.share(
+            {source: {key: int(t[i]) for key, t in labels.items()} for i, source in enumerate(videos.sources)})
+        return list(self.parameters())
+
+    def batch_targets(self, batch: Mapping[str, Any], device: torch.device) -> dict[str, Tensor] | None:
+        if not self.pseudo_labels:
+            return None
+        return {key: torch.tensor([self.pseudo_labels[str(s)][key] for s in batch["source"]], dtype=torch.long,
+                                  device=device)
+                for key in self.target_keys}
+
+    def get_extra_state(self) -> dict[str, dict[str, int]]:
+        return self.pseudo_labels
+
+    def set_extra_state(self, state: dict[str, dict[str, int]]) -> None:
+        self.pseudo_labels = dict(state)
 
     def forward(self, outputs: dict[str, Tensor], targets: dict[str, Tensor] | None = None) -> Tensor | None:
         if targets is None:

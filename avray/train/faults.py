@@ -15,8 +15,13 @@ import re
 import ray.exceptions
 import torch.distributed
 from ray.train.torch import TorchTrainer
-from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy, FailurePolicy
-from ray.train.v2._internal.execution.failure_handling.failure_policy import FailureDecision
+from ray.train.v2._internal.execution.failure_handling import (
+    DefaultFailurePolicy,
+    FailurePolicy,
+)
+from ray.train.v2._internal.execution.failure_handling.failure_policy import (
+    FailureDecision,
+)
 
 # A lost worker or node, or an object it held, as its surviving peers and Ray see it.
 _LOST = (

@@ -1,13 +1,16 @@
-"""The per-worker pretraining loop; runs inside every Ray Train worker.
+"""The per-worker pretraining loop; runs inside every Ray Train worker (and Tune trial).
 
-Each epoch: (XDC only) re-cluster the whole training set; stream this worker's shard,
-step the optimizer; validate on held-out videos (rank 0); checkpoint and report.
-Restores everything (model, optimizer, schedule, step, cluster state, RNG) from
-``ray.train.get_checkpoint()``, so a lost worker or a re-run resumes where it stopped.
+restore -> per epoch: train_epoch (the objectives' epoch-start hooks, then this worker's
+shard, step by step) -> validate on held-out videos (rank 0) -> save a checkpoint and report.
+The loop names no objective: each owns its state and is driven through the hooks of
+:mod:`avray.objectives.base`. Everything (model, objectives' state, optimizer, schedule,
+step, RNG) comes back from ``ray.train.get_checkpoint()``, so a lost worker or a re-run
+resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import tempfile
@@ -24,12 +27,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from avray.checkpoint import load_state, save_state
 from avray.config import Config, config_from_dict, with_overrides
 from avray.data.labels import batch_labels, labelled_count
-from avray.eval.metrics import knn_accuracy, zipf_fitness
+from avray.metrics import knn_accuracy, zipf_fitness
 from avray.models import build_model
 from avray.objectives import LossMixture
-from avray.train.checkpoint import load_state, save_state
+from avray.objectives.base import EpochContext, VideoEmbeddings
+from avray.objectives.distributed import rank as rank_of_this_process
+from avray.objectives.distributed import share, world_size
 from avray.train.schedule import warmup_cosine
 
 
@@ -87,64 +93,41 @@ def _autocast(cfg: Config, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def _xdc_targets(pseudo_labels: dict[str, dict[str, int]], sources, device) -> dict[str, torch.Tensor]:
-    keys = next(iter(pseudo_labels.values())).keys()
-    return {
-        key: torch.tensor([pseudo_labels[str(s)][key] for s in sources], dtype=torch.long, device=device)
-        for key in keys
-    }
-
-
 @torch.no_grad()
-def _recluster(core: Pretrainer, shard, cfg: Config, device: torch.device) -> dict[str, dict[str, int]]:
-    """XDC's offline clustering round: embed this worker's shard, average per video, run the
-    distributed k-means inside the XDC objective, and share every video's pseudo-labels."""
+def embed_videos(core: Pretrainer, shard, cfg: Config, device: torch.device) -> VideoEmbeddings:
+    """The training set's per-video mean encoder features, this rank's share of the videos
+    (sorted, dealt round-robin: every video on exactly one rank). Collective."""
     core.eval()
+    keys = ("video_features", "audio_features")
     sums: dict[str, dict[str, np.ndarray]] = {}
     counts: dict[str, int] = {}
     for batch in shard.iter_batches(batch_size=max(1, cfg.train.batch_size), batch_format="numpy"):
         video, audio = _to_device(batch, device)
         with _autocast(cfg, device):
             out = core.model(video, audio)
-        feats = {k: out[k].float().cpu().numpy() for k in ("video_features", "audio_features")}
+        feats = {k: out[k].float().cpu().numpy() for k in keys}
         for i, source in enumerate(batch["source"]):
-            entry = sums.setdefault(str(source), {k: 0.0 for k in feats})
-            for k in feats:
+            entry = sums.setdefault(str(source), {k: 0.0 for k in keys})
+            for k in keys:
                 entry[k] = entry[k] + feats[k][i]
             counts[str(source)] = counts.get(str(source), 0) + 1
     core.train()
-    shards = [None] * dist.get_world_size() if dist.is_initialized() else None
-    if shards is not None:
-        dist.all_gather_object(shards, (sums, counts))
-    else:
-        shards = [(sums, counts)]
     merged_sums: dict[str, dict[str, np.ndarray]] = {}
     merged_counts: dict[str, int] = {}
-    for part_sums, part_counts in shards:
+    for part_sums, part_counts in share({rank_of_this_process(): (sums, counts)}).values():
         for source, entry in part_sums.items():
-            target = merged_sums.setdefault(source, {k: 0.0 for k in entry})
+            target = merged_sums.setdefault(source, {k: 0.0 for k in keys})
             for k, v in entry.items():
                 target[k] = target[k] + v
             merged_counts[source] = merged_counts.get(source, 0) + part_counts[source]
-    videos = sorted(merged_sums)
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    mine = videos[rank::world]
+    mine = sorted(merged_sums)[rank_of_this_process()::world_size()]
     dims = core.model.output_dims
     features = {
-        key: torch.tensor(
-            np.array([merged_sums[v][key] / merged_counts[v] for v in mine]).reshape(len(mine), dims[key]),
-            dtype=torch.float32, device=device,
-        )
-        for key in ("video_features", "audio_features")
+        key: torch.tensor(np.array([merged_sums[v][key] / merged_counts[v] for v in mine]).reshape(len(mine), dims[key]),
+                          dtype=torch.float32, device=device)
+        for key in keys
     }
-    labels = core.mixture.objectives["xdc"].recluster(features)
-    local = {v: {k: int(t[i]) for k, t in labels.items()} for i, v in enumerate(mine)}
-    if not dist.is_initialized():
-        return local
-    gathered = [None] * world
-    dist.all_gather_object(gathered, local)
-    return {v: lab for part in gathered for v, lab in part.items()}
+    return VideoEmbeddings(mine, features, share)
 
 
 @torch.no_grad()
@@ -217,7 +200,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         checkpoint=ray.train.get_checkpoint(),
         report=lambda metrics, folder: ray.train.report(
             metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None),
-        # Some objectives leave heads idle on some steps (e.g. XDC before its first clustering).
+        # Some objectives leave heads idle on some steps (a clustering head before its first round).
         prepare_model=lambda module: ray.train.torch.prepare_model(
             module, parallel_strategy_kwargs={"find_unused_parameters": True}),
         threads=cfg.train.threads_per_worker or max(1, round(cfg.train.cpus_per_worker)),
@@ -230,10 +213,110 @@ def train_loop_per_worker(loop_config: dict) -> None:
     run_loop(cfg, session, loop_config["steps_per_epoch"], tracker=tracker, epoch_clock=loop_config.get("epoch_clock"))
 
 
+@dataclass
+class Progress:
+    """Where a run stands: the next epoch to train (0-based), optimizer steps taken, steps
+    skipped as non-finite. Saved in every checkpoint."""
+
+    epoch: int = 0
+    global_step: int = 0
+    skipped_steps: int = 0
+
+
+def _optimizer(module: nn.Module, core: Pretrainer, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW; the parameters the objectives exempt from weight decay (learnable temperatures)
+    in a group of their own."""
+    exempt = {id(p) for p in core.mixture.no_weight_decay()}
+    params = list(module.parameters())
+    groups = [{"params": [p for p in params if id(p) not in exempt]}]
+    if exempt:
+        groups.append({"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def restore(checkpoint, core: Pretrainer, optimizer, scheduler, cfg: Config) -> Progress:
+    """Model, objectives' state, optimizer, schedule and RNG from ``checkpoint``. The learning
+    rate and the objectives' config buffers (fixed temperatures) are hyperparameters: the
+    config's values win over the checkpoint's, since a tuner (PBT) may have changed them."""
+    with checkpoint.as_directory() as folder:
+        state = load_state(Path(folder))
+    kept = core.mixture.config_buffers()
+    values = [buffer.clone() for buffer in kept]
+    core.load_state_dict(state["module"])
+    for buffer, value in zip(kept, values):
+        buffer.copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scheduler.base_lrs = [cfg.train.lr] * len(scheduler.base_lrs)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["lr"] = cfg.train.lr * factor(scheduler.last_epoch)
+    torch.set_rng_state(state["torch_rng"])
+    return Progress(state["epoch"] + 1, state["global_step"], state["skipped_steps"])
+
+
+def train_epoch(module: nn.Module, core: Pretrainer, optimizer, scheduler, session: Session, cfg: Config,
+                epoch: int, progress: Progress) -> dict[str, float]:
+    """One pass over this worker's shard; the mean loss terms (over ranks) and clips/s."""
+    device = session.device
+    # Parameters an objective re-initialised (a classifier head after re-clustering): Adam's
+    # moments for the old ones would push the new ones the wrong way.
+    context = EpochContext(epoch, functools.cache(lambda: embed_videos(core, session.train, cfg, device)))
+    for param in core.mixture.on_epoch_start(context):
+        optimizer.state.pop(param, None)
+    epoch_start = time.perf_counter()
+    totals: dict[str, float] = {}
+    steps = clips = 0
+    shuffle = {}
+    if cfg.train.shuffle_buffer_clips:
+        # A new, reproducible mix every epoch and on every worker.
+        shuffle = {"local_shuffle_buffer_size": cfg.train.shuffle_buffer_clips,
+                   "local_shuffle_seed": (cfg.train.seed * 1_000 + epoch) * 1_000 + session.rank}
+    per_worker = max(1, cfg.train.batch_size // session.world)
+    for batch in session.train.iter_batches(batch_size=per_worker, batch_format="numpy", drop_last=True, **shuffle):
+        video, audio = _to_device(batch, device)
+        targets = core.mixture.batch_targets(batch, device)
+        with _autocast(cfg, device):
+            loss, terms, skipped = module(video, audio, targets)
+        # Every rank must agree to skip a non-finite step, or DDP's all-reduce would hang.
+        bad = torch.tensor([1.0 if skipped or not torch.isfinite(loss) else 0.0], device=device)
+        if dist.is_initialized():
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        optimizer.zero_grad(set_to_none=True)
+        (torch.nan_to_num(loss) * (0.0 if bad.item() else 1.0)).backward()
+        if bad.item():
+            progress.skipped_steps += 1
+            continue
+        if cfg.train.grad_clip > 0:
+            nn.utils.clip_grad_norm_(module.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        progress.global_step += 1
+        core.mixture.on_step_end(progress.global_step)
+        steps += 1
+        clips += len(video)
+        totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
+        for name, value in terms.items():
+            totals[f"loss/{name}"] = totals.get(f"loss/{name}", 0.0) + float(value)
+    elapsed = time.perf_counter() - epoch_start
+    metrics = _all_reduce_mean({k: v / max(1, steps) for k, v in totals.items()}, device)
+    throughput = _all_reduce_mean({"clips_per_s": clips / max(elapsed, 1e-9)}, device)["clips_per_s"] * session.world
+    return {**metrics, "clips_per_s": throughput, "epoch_seconds": elapsed}
+
+
+def save(folder: Path, saved_cfg: Config, core: Pretrainer, optimizer, scheduler, epoch: int,
+         progress: Progress) -> None:
+    """A checkpoint of ``epoch`` (0-based) in ``folder``: everything :func:`restore` reads."""
+    save_state(folder, saved_cfg, {
+        "module": core.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "epoch": epoch, "global_step": progress.global_step, "skipped_steps": progress.skipped_steps,
+        "torch_rng": torch.get_rng_state(),
+    })
+
+
 def run_loop(cfg: Config, session: Session, steps_per_epoch: int, tracker=None, epoch_clock=None) -> None:
     """Train ``cfg.train.epochs`` epochs (resuming from ``session.checkpoint``), validating,
     checkpointing and reporting after each."""
-    rank, world, device = session.rank, session.world, session.device
+    rank, device = session.rank, session.device
     torch.set_num_threads(session.threads)
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
@@ -247,101 +330,39 @@ def run_loop(cfg: Config, session: Session, steps_per_epoch: int, tracker=None, 
     saved_cfg = with_overrides(cfg, {f"objectives.{name}.weight": w for name, w in mixture.weights.items()})
     module = session.prepare_model(Pretrainer(model, mixture))
     core = _unwrap(module)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    optimizer = _optimizer(module, core, cfg)
     steps_per_epoch = max(1, steps_per_epoch)
-    scheduler = warmup_cosine(optimizer, round(cfg.train.warmup_epochs * steps_per_epoch), cfg.train.epochs * steps_per_epoch)
+    scheduler = warmup_cosine(optimizer, round(cfg.train.warmup_epochs * steps_per_epoch),
+                              cfg.train.epochs * steps_per_epoch)
 
-    start_epoch, global_step, pseudo_labels, skipped_steps = 0, 0, {}, 0
+    progress = Progress()
     if session.checkpoint is not None:
-        with session.checkpoint.as_directory() as folder:
-            state = load_state(Path(folder))
-        # Fixed temperatures and the learning rate are hyperparameters: the config's win over
-        # the checkpoint's, since a tuner (PBT) may have changed them for this trial.
-        fixed = {name: buffer.clone() for name, buffer in core.named_buffers() if name.endswith("temperature")}
-        core.load_state_dict(state["module"])
-        for name, buffer in core.named_buffers():
-            if name in fixed:
-                buffer.copy_(fixed[name])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scheduler.base_lrs = [cfg.train.lr] * len(scheduler.base_lrs)
-        for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
-            group["lr"] = cfg.train.lr * factor(scheduler.last_epoch)
-        start_epoch, global_step = state["epoch"] + 1, state["global_step"]
-        pseudo_labels, skipped_steps = state["pseudo_labels"], state["skipped_steps"]
-        torch.set_rng_state(state["torch_rng"])
+        progress = restore(session.checkpoint, core, optimizer, scheduler, cfg)
         if rank == 0:
-            print(f"[avray] resumed from epoch {state['epoch'] + 1} (step {global_step})", flush=True)
+            print(f"[avray] resumed from epoch {progress.epoch} (step {progress.global_step})", flush=True)
 
-    train_shard, val_data = session.train, session.val
-    per_worker = max(1, cfg.train.batch_size // world)
-    xdc = "xdc" in core.mixture.objectives
+    start_epoch = progress.epoch
     run_start = time.perf_counter()
     num_nodes = _count_nodes()
-
     for epoch in range(start_epoch, cfg.train.epochs):
         if epoch_clock is not None:
             ray.get(epoch_clock.set.remote(epoch))
-        if xdc and (epoch % cfg.objectives.xdc.recluster_every_epochs == 0 or not pseudo_labels):
-            pseudo_labels = _recluster(core, train_shard, cfg, device)
-            # New clusters are numbered arbitrarily and the heads were re-initialised:
-            # Adam's moments for the old heads would push the new ones the wrong way.
-            for param in core.mixture.objectives["xdc"].parameters():
-                optimizer.state.pop(param, None)
-        epoch_start = time.perf_counter()
-        totals: dict[str, float] = {}
-        steps = clips = 0
-        shuffle = {}
-        if cfg.train.shuffle_buffer_clips:
-            # A new, reproducible mix every epoch and on every worker.
-            shuffle = {"local_shuffle_buffer_size": cfg.train.shuffle_buffer_clips,
-                       "local_shuffle_seed": (cfg.train.seed * 1_000 + epoch) * 1_000 + rank}
-        for batch in train_shard.iter_batches(batch_size=per_worker, batch_format="numpy", drop_last=True, **shuffle):
-            video, audio = _to_device(batch, device)
-            targets = {"xdc": _xdc_targets(pseudo_labels, batch["source"], device)} if xdc else None
-            with _autocast(cfg, device):
-                loss, terms, skipped = module(video, audio, targets)
-            # Every rank must agree to skip a non-finite step, or DDP's all-reduce would hang.
-            bad = torch.tensor([1.0 if skipped or not torch.isfinite(loss) else 0.0], device=device)
-            if dist.is_initialized():
-                dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-            optimizer.zero_grad(set_to_none=True)
-            (torch.nan_to_num(loss) * (0.0 if bad.item() else 1.0)).backward()
-            if bad.item():
-                skipped_steps += 1
-                continue
-            if cfg.train.grad_clip > 0:
-                nn.utils.clip_grad_norm_(module.parameters(), cfg.train.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            global_step += 1
-            steps += 1
-            clips += len(video)
-            totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
-            for name, value in terms.items():
-                totals[f"loss/{name}"] = totals.get(f"loss/{name}", 0.0) + float(value)
-        elapsed = time.perf_counter() - epoch_start
-        metrics = _all_reduce_mean({k: v / max(1, steps) for k, v in totals.items()}, device)
-        throughput = _all_reduce_mean({"clips_per_s": clips / max(elapsed, 1e-9)}, device)["clips_per_s"] * world
+        metrics = train_epoch(module, core, optimizer, scheduler, session, cfg, epoch, progress)
+        progress.epoch = epoch + 1
         metrics.update(
-            epoch=epoch + 1, global_step=global_step, world_size=world, num_nodes=num_nodes, clips_per_s=throughput, epoch_seconds=elapsed,
-            lr=scheduler.get_last_lr()[0], skipped_steps=skipped_steps,
+            epoch=epoch + 1, global_step=progress.global_step, world_size=session.world, num_nodes=num_nodes,
+            lr=scheduler.get_last_lr()[0], skipped_steps=progress.skipped_steps,
             **{f"lambda/{name}": weight for name, weight in core.mixture.weights.items()},
         )
-        if rank == 0 and val_data is not None:
-            metrics.update(validate(core, val_data, cfg, device))
+        if rank == 0 and session.val is not None:
+            metrics.update(validate(core, session.val, cfg, device))
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
-                save_state(Path(folder), saved_cfg, {
-                    "module": core.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch, "global_step": global_step,
-                    "pseudo_labels": pseudo_labels, "skipped_steps": skipped_steps,
-                    "torch_rng": torch.get_rng_state(),
-                })
+                save(Path(folder), saved_cfg, core, optimizer, scheduler, epoch, progress)
                 _progress(metrics, cfg, epoch, start_epoch, run_start)
                 if tracker is not None:
-                    tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
-                                        step=epoch + 1)
+                    tracker.log_metrics({k: v for k, v in metrics.items()
+                                         if isinstance(v, (int, float)) and math.isfinite(v)}, step=epoch + 1)
             session.report(metrics, folder if rank == 0 else None)
     if tracker is not None:
         tracker.flush()

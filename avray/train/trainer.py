@@ -11,13 +11,13 @@ import pyarrow.fs as pafs
 import ray
 import ray.train
 
+from avray.checkpoint import checkpoint_uri
 from avray.config import Config
 from avray.data.pipeline import TrainingData, training_data
 from avray.data.report import SkipReport
-from avray.data.sources import filesystem_for
-from avray.features import for_inputs
+from avray.data.shards import for_inputs
+from avray.storage import filesystem_for
 from avray.tracking import Tracker, start_job_run
-from avray.train.checkpoint import checkpoint_uri
 from avray.train.faults import FailFastTorchTrainer, deterministic_failure
 from avray.train.loop import train_loop_per_worker
 

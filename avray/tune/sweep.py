@@ -19,12 +19,13 @@ from pathlib import Path
 import ray
 from ray import tune
 
+from avray.checkpoint import checkpoint_uri
+from avray.cluster import materialize_on_driver_node, on_driver_node
 from avray.config import Config, ConfigError, with_overrides
-from avray.data.pipeline import materialize_on_driver_node, on_driver_node, training_data
-from avray.data.sources import filesystem_for
-from avray.features import for_inputs
+from avray.data.pipeline import training_data
+from avray.data.shards import for_inputs
+from avray.storage import filesystem_for
 from avray.tracking import redact, start_job_run
-from avray.train.checkpoint import checkpoint_uri
 from avray.train.faults import TrainingError
 from avray.train.trainer import ray_storage
 from avray.tune.callback import TrialRuns, recorded_results

@@ -64,7 +64,7 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _write_corpus(root: Path) -> None:
-    from avray.data.media import write_media
+    from avray.demo.media import write_media
 
     rate, fps, seconds = 16_000, 8, 3.0
     t = np.arange(int(seconds * rate)) / rate

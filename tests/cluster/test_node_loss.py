@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -20,9 +19,13 @@ import pyarrow.dataset as pads
 import pytest
 import ray
 from ray.util.placement_group import placement_group
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+from ray.util.scheduling_strategies import (
+    NodeAffinitySchedulingStrategy,
+    PlacementGroupSchedulingStrategy,
+)
 
-from avray.data.pipeline import materialize_on_driver_node, prepare
+from avray.cluster import materialize_on_driver_node
+from avray.data.pipeline import prepare
 from avray.train.trainer import pretrain
 from avray.tune import tune_losses
 from tests.conftest import own_cluster

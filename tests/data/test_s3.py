@@ -13,7 +13,8 @@ import pytest
 from avray.config import DataConfig
 from avray.data.decode import decode_clip, probe
 from avray.data.report import NOT_FOUND, SkipError
-from avray.data.sources import SourceError, filesystem_for, list_videos
+from avray.data.sources import SourceError, list_videos
+from avray.storage import filesystem_for
 from tests.media import make_good_video
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,13 +11,20 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from avray.checkpoint import load_config_of
 from avray.config import load_config
-from avray.data.demo_corpus import make_demo_corpus
+from avray.demo.corpus import make_demo_corpus
 from avray.data.pipeline import load_clips, write_prepared
 from avray.eval.embed import BASELINE_PREFIX, EmbeddingTable, read_embeddings
-from avray.eval.evaluate import all_metrics, find_pretraining_run, format_table, labelled, log_to_mlflow, open_tracker
+from avray.eval.evaluate import (
+    all_metrics,
+    find_pretraining_run,
+    format_table,
+    labelled,
+    log_to_mlflow,
+    open_tracker,
+)
 from avray.eval.evaluate import evaluate as run_evaluation
-from avray.train.checkpoint import load_config_of
 from avray.train.trainer import pretrain
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from avray.train.checkpoint import load_state
+from avray.checkpoint import load_state
 from avray.train.loop import Session, run_loop
 from tests.tiny import tiny_config
 

@@ -15,7 +15,8 @@ import mlflow
 import psutil
 import pytest
 
-from avray.train.checkpoint import load_model, load_state
+from avray.checkpoint import load_state
+from avray.models import load_model
 from avray.train.trainer import pretrain
 from tests.tiny import FAULT_RUN, make_tiny_corpus, tiny_config
 

@@ -26,7 +26,7 @@ task stays learnable from 2-s clips at 8 fps, 64x64 and 16 kHz (what the pipelin
 Generation is deterministic: each video's randomness comes from ``(seed, index)`` alone,
 so the same seed gives byte-identical files whether videos are written in one process
 or spread over a process pool (x264, AAC and the mp4 muxer are deterministic with
-:func:`avray.data.media.write_media`'s settings).
+:func:`avray.demo.media.write_media`'s settings).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Callable
 
 import numpy as np
 
-from avray.data.media import write_media
+from avray.demo.media import write_media
 
 CLASSES = tuple(str(d) for d in range(10))
 # The telephone keypad (DTMF): digit -> (row tone, column tone) in Hz.
@@ -54,7 +54,7 @@ TONES: dict[int, tuple[float, float]] = {
     0: (941.0, 1336.0),
 }
 MAX_ONSET_S = 0.6  # picture and sound both start within this: every 2-s window has the digit
-# x264: small files (the picture is simple), deterministic (see avray.data.media), and a
+# x264: small files (the picture is simple), deterministic (see avray.demo.media), and a
 # keyframe every 2 s as cameras write them, so that seeking to a clip decodes little.
 VIDEO_OPTIONS = {"preset": "veryfast", "crf": "28", "threads": "1", "x264-params": "mbtree=0"}
 KEYFRAME_INTERVAL_S = 2.0
@@ -383,7 +383,7 @@ def prepared_demo_clips(workdir: Path, videos: int, cfg, seed: int = 0) -> Path:
     prepared for ``cfg`` (a DataConfig); both reused when a previous run left them complete.
     What the benchmarks train on."""
     from avray.data.pipeline import prepare
-    from avray.data.sources import PREPARED_MARKER
+    from avray.data.shards import PREPARED_MARKER
 
     corpus, prepared = workdir / "corpus", workdir / "prepared"
     if not (corpus / ".complete").exists():

@@ -9,7 +9,7 @@ BURNER = "import time\nend = time.process_time() + 0.6\nwhile time.process_time(
 
 
 def _measure(body: str) -> dict:
-    code = "import json, subprocess, sys\nfrom avray.data.throughput import ResourceMonitor\n" + body
+    code = "import json, subprocess, sys\nfrom avray.demo.throughput import ResourceMonitor\n" + body
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)

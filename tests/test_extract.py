@@ -8,12 +8,14 @@ import pyarrow.dataset as pads
 import pytest
 import torch
 
+from avray.checkpoint import load_state
 from avray.config import ConfigError
+from avray.data.shards import feature_shards_shapes
 from avray.eval.evaluate import evaluate
-from avray.features import extract_features, feature_shards_shapes
+from avray.extract import extract_features
+from avray.models import load_model
 from avray.models.audio import AudioEncoder
 from avray.models.video import VideoEncoder
-from avray.train.checkpoint import load_model, load_state
 from avray.train.trainer import pretrain
 from tests.media import make_good_video
 from tests.tiny import make_tiny_corpus, tiny_config

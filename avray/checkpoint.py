@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from avray.config import Config, config_from_dict
+from avray.storage import filesystem_for
 from avray.tracking import redact
 
 STATE_FILE = "state.pt"
@@ -67,8 +68,6 @@ def _fetch_checkpoint(uri: str) -> Path:
 
     import pyarrow.fs as pafs
 
-    from avray.data.sources import filesystem_for
-
     fs, root = filesystem_for(uri)
     found = [info for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
              if info.base_name == STATE_FILE]
@@ -83,15 +82,3 @@ def _fetch_checkpoint(uri: str) -> Path:
         with fs.open_input_stream(f"{folder}/{name}") as remote:
             (local / name).write_bytes(remote.read())
     return local
-
-
-def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
-    """The pretrained ``AVModel`` (eval mode) and its config from a checkpoint or run folder."""
-    from avray.models import build_model
-
-    folder = find_checkpoint(path)
-    cfg = load_config_of(folder)
-    model = build_model(cfg.model, cfg.data)
-    module_state = load_state(folder, map_location)["module"]
-    model.load_state_dict({k.removeprefix("model."): v for k, v in module_state.items() if k.startswith("model.")})
-    return model.eval(), cfg

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from avray.eval.metrics import (
+from avray.metrics import (
     class_mean_average_precision,
     clustering,
     knn_accuracy,

@@ -7,7 +7,7 @@ import av
 import numpy as np
 import pytest
 
-from avray.data.media import CODEC_DEFAULTS, MediaWriteError, write_media
+from avray.demo.media import CODEC_DEFAULTS, MediaWriteError, write_media
 from tests.media import (
     EMPTY,
     NO_VIDEO_STREAM,

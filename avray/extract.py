@@ -12,22 +12,19 @@ read them like clips: the model becomes heads + fusion (:class:`avray.models.Fea
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Callable
 
 import numpy as np
 import torch
 
-from avray.config import Config, ConfigError, config_from_dict, with_overrides
+from avray.cluster import inference_pool
+from avray.config import Config, config_from_dict
 from avray.data.labels import label_column
 from avray.data.pipeline import Clips, count_prepared, load_clips, write_prepared
 from avray.data.report import SkipReport
-from avray.data.sources import PREPARED_MARKER, filesystem_for, is_prepared
-from avray.eval.embed import inference_pool
+from avray.data.shards import FEATURES_KIND
 from avray.models.frozen import build_frozen_encoders
-
-FEATURES_KIND = "features"
 
 
 class ExtractFeatures:
@@ -81,37 +78,3 @@ def extract_features(uri: str, output: str, cfg: Config, progress: Callable[[str
     return report
 
 
-def feature_shards_shapes(uri: str, endpoint_override: str | None = None) -> dict[str, list[int]] | None:
-    """The per-clip feature shapes of feature shards at ``uri``; None for anything else."""
-    if not is_prepared(uri, endpoint_override):
-        return None
-    fs, path = filesystem_for(uri, endpoint_override)
-    with fs.open_input_stream(f"{path}/{PREPARED_MARKER}") as handle:
-        meta = json.loads(handle.read())
-    return meta.get("shapes") if meta.get("kind") == FEATURES_KIND else None
-
-
-def check_inputs(cfg: Config, uri: str) -> None:
-    """A trained model reads what it was trained on: clips, or features of the same shapes."""
-    shapes = feature_shards_shapes(uri, cfg.data.endpoint_override)
-    if cfg.model.inputs == "clips" and shapes is not None:
-        raise ConfigError(f"{uri!r} holds frozen-encoder features, but this model reads clips: give it videos "
-                          "or prepared clips")
-    if cfg.model.inputs == "features" and shapes != cfg.model.feature_shapes():
-        raise ConfigError(f"this model reads frozen features shaped {cfg.model.feature_shapes()} and {uri!r} holds "
-                          f"{'none' if shapes is None else shapes}: extract them with workflows/extract_features.py "
-                          "and the same frozen encoders and frozen.tokens")
-
-
-def for_inputs(cfg: Config, uri: str) -> Config:
-    """``cfg`` fitted to what ``uri`` holds: on feature shards, heads + fusion over features of
-    the shards' shapes; on clips, unchanged. A model built for one cannot read the other."""
-    shapes = feature_shards_shapes(uri, cfg.data.endpoint_override)
-    if shapes is None:
-        check_inputs(cfg, uri)
-        return cfg
-    return with_overrides(cfg, {
-        "model.inputs": "features",
-        **{f"model.{name}_feature_dim": shape[-1] for name, shape in shapes.items()},
-        **{f"model.{name}_feature_tokens": shape[0] if len(shape) == 2 else 0 for name, shape in shapes.items()},
-    })

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from avray.data.demo_corpus import (
+from avray.demo.corpus import (
     CLASSES,
     TONES,
     VideoSpec,

@@ -1,0 +1,57 @@
+"""Where bytes live: local paths and ``s3://`` URIs, read and written through ``pyarrow.fs``.
+
+Credentials follow the standard AWS chain (environment, ``~/.aws``, instance role);
+``endpoint_override`` (or ``AWS_ENDPOINT_URL``) points at an S3-compatible server (MinIO,
+SeaweedFS, ...), which pyarrow itself would not look for.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+
+class SourceError(ValueError):
+    """The data source cannot be used; the message says what to fix."""
+
+
+def is_remote(uri: str) -> bool:
+    """Whether ``uri`` names object storage (``s3://...``) rather than a local path."""
+    return "://" in str(uri) and urlparse(str(uri)).scheme not in ("", "file")
+
+
+def filesystem_for(uri: str, endpoint_override: str | None = None) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem for ``uri`` and the path inside it.
+
+    pyarrow ignores ``AWS_ENDPOINT_URL``, so an S3-compatible endpoint is passed explicitly
+    (``endpoint_override``, or ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` from the environment).
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        endpoint = endpoint_override or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        kwargs: dict = {}
+        if endpoint:
+            endpoint_url = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+            kwargs["endpoint_override"] = endpoint_url.netloc
+            kwargs["scheme"] = endpoint_url.scheme
+            # S3-compatible servers rarely care about the region, but pyarrow must not
+            # go looking for the bucket's region on AWS.
+            kwargs["region"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        elif os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"):
+            kwargs["region"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        return pafs.S3FileSystem(**kwargs), f"{parsed.netloc}{parsed.path}".rstrip("/")
+    if parsed.scheme in ("", "file"):
+        path = parsed.path if parsed.scheme == "file" else uri
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    raise SourceError(f"unsupported data location {uri!r}: use a local path, a manifest file or s3://bucket/prefix")
+
+
+def join_uri(base: str, relative: str) -> str:
+    """``relative`` resolved against the folder ``base`` (local path or s3:// URI)."""
+    if urlparse(relative).scheme or os.path.isabs(relative):
+        return relative
+    if base.startswith("s3://"):
+        return f"{base.rstrip('/')}/{relative}"
+    return os.path.join(base, relative)

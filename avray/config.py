@@ -28,7 +28,7 @@ def _check(condition: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """How videos become clips (the clip-row contract of DESIGN.md)."""
+    """How videos become clips (the clip-row contract of docs/design.md)."""
 
     clip_seconds: float = 2.0
     fps: float = 8.0
@@ -89,8 +89,13 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Encoders, projection heads and fusion (avray.models)."""
+    """Encoders, projection heads and fusion (avray.models); encoders and fusion by their
+    registered names (avray.models.registry)."""
 
+    # "avray": a small R(2+1)D (video) / 2-D CNN on log-mel (audio), shaped by the widths and
+    # depths below; "r2plus1d_18" / "resnet18": the papers' backbones (torchvision's, random init).
+    video_encoder: str = "avray"
+    audio_encoder: str = "avray"
     video_width: int = 32
     video_depth: int = 3
     audio_width: int = 32
@@ -100,7 +105,7 @@ class ModelConfig:
     hop_length: int = 160
     # Output size of each projection head (the space the objectives compare in).
     embed_dim: int = 128
-    fusion: Literal["concat_mlp", "cross_attention"] = "concat_mlp"
+    fusion: str = "concat_mlp"  # or "cross_attention"
     fused_dim: int = 256
     attention_heads: int = 4
     # Video standardisation: "clip" (each clip by its own per-channel statistics) or
@@ -142,22 +147,8 @@ class ModelConfig:
             self.n_mels <= self.n_fft // 2 + 1,
             "model.n_mels must be <= model.n_fft // 2 + 1 (more mel bands than FFT bins leaves empty bands)",
         )
-        _check(
-            not self.crop_attend or self.video_dim % self.attention_heads == 0,
-            f"model.video_width * 2**(model.video_depth - 1) (= {self.video_dim}) must be divisible "
-            "by model.attention_heads for crop_attend",
-        )
-
-    # The encoders double their width at every stage after the first.
-    @property
-    def video_dim(self) -> int:
-        """Width of the video encoder's output (pooled features and tokens)."""
-        return self.video_width * 2 ** (self.video_depth - 1)
-
-    @property
-    def audio_dim(self) -> int:
-        """Width of the audio encoder's output (pooled features and tokens)."""
-        return self.audio_width * 2 ** (self.audio_depth - 1)
+        # Encoder names and widths are checked where the encoders are registered
+        # (avray.models.check_model_config), which config cannot see.
 
 
 @dataclass(frozen=True)
@@ -223,19 +214,24 @@ class ObjectivesConfig:
     gather_distributed: bool = True
     # What a non-finite loss does: "raise" names the term; "skip" drops the step and counts it.
     nonfinite: Literal["raise", "skip"] = "raise"
+    # Sections of objectives registered outside this file (register_objective_section), by
+    # name; in YAML they sit beside the others (objectives.<name>.weight, ...).
+    registered: Mapping[str, Any] = field(default_factory=dict)
+
+    def sections(self) -> dict[str, Any]:
+        """Every objective's section, by name."""
+        built_in = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                    if dataclasses.is_dataclass(getattr(self, f.name))}
+        return {**built_in, **self.registered}
 
     def enabled(self) -> dict[str, Any]:
         """Objectives with a non-zero weight, by name."""
-        return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if dataclasses.is_dataclass(getattr(self, f.name)) and getattr(self, f.name).weight != 0
-        }
+        return {name: section for name, section in self.sections().items() if section.weight != 0}
 
     def validate(self) -> None:
-        terms = [f.name for f in dataclasses.fields(self) if dataclasses.is_dataclass(getattr(self, f.name))]
+        terms = list(self.sections())
         for name in terms:
-            _check(getattr(self, name).weight >= 0, f"objectives.{name}.weight must be >= 0")
+            _check(getattr(self.sections()[name], "weight", -1) >= 0, f"objectives.{name}.weight must be >= 0")
         _check(bool(self.enabled()), f"at least one of objectives.{{{','.join(terms)}}}.weight must be > 0")
         _check(self.infonce.temperature > 0, "objectives.infonce.temperature must be > 0")
         _check(self.fused.temperature > 0, "objectives.fused.temperature must be > 0")
@@ -452,7 +448,9 @@ class Config:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        values["objectives"].update(values["objectives"].pop("registered"))
+        return values
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
@@ -537,18 +535,38 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {annotation!r}")
 
 
+# Config sections of objectives registered outside avray.config, by name.
+_OBJECTIVE_SECTIONS: dict[str, type] = {}
+
+
+def register_objective_section(name: str, section: type) -> None:
+    """Let ``objectives.<name>`` hold ``section`` (a frozen dataclass with a ``weight``)."""
+    if name in {f.name for f in dataclasses.fields(ObjectivesConfig)}:
+        raise ValueError(f"objectives.{name} is a built-in section")
+    if not dataclasses.is_dataclass(section) or "weight" not in {f.name for f in dataclasses.fields(section)}:
+        raise ValueError(f"the section of objective {name!r} must be a dataclass with a 'weight' field")
+    _OBJECTIVE_SECTIONS[name] = section
+
+
 def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    if cls is ObjectivesConfig:
+        values = dict(values)
+        registered = {name: _build(_OBJECTIVE_SECTIONS[name], values.pop(name), f"{prefix}.{name}")
+                      for name in list(values) if name in _OBJECTIVE_SECTIONS}
+        values["registered"] = registered
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(str(key) for key in set(values) - names)  # YAML keys may be numbers
     if unknown:
         where = f"{prefix}." if prefix else ""
+        valid = names - {"registered"} | set(_OBJECTIVE_SECTIONS) if cls is ObjectivesConfig else names
         raise ConfigError(
             f"unknown config key {where}{unknown[0]}; valid keys under "
-            f"{prefix or 'the top level'}: {', '.join(sorted(names))}"
+            f"{prefix or 'the top level'}: {', '.join(sorted(valid))}"
         )
     kwargs = {
-        name: _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
+        name: value if name == "registered" and cls is ObjectivesConfig
+        else _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
         for name, value in values.items()
     }
     return cls(**kwargs)
@@ -593,29 +611,30 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     values = _read_config_file(Path(path)) if path is not None else {}
     for item in overrides:
         keys, value = _parse_override(item)
-        node = values
-        for k in keys[:-1]:
-            child = node.setdefault(k, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {item}: {k} is not a section")
-            node = child
-        node[keys[-1]] = value
+        _set_dotted(values, keys, value, f"--set {item}", create=True)
     return _build(Config, values).validate()
+
+
+def _set_dotted(values: dict, keys: Sequence[str], value: Any, what: str, create: bool) -> None:
+    """``values[k1][k2]...[kn] = value``. ``create``: add missing sections and keys (a YAML
+    file or ``--set`` may name any key, which ``_build`` then checks); else each must exist."""
+    node = values
+    for key in keys[:-1]:
+        if create:
+            node.setdefault(key, {})
+        if not isinstance(node.get(key), dict):
+            raise ConfigError(f"{what}: {key} is not a section" if create else f"unknown config key {what}")
+        node = node[key]
+    if not create and keys[-1] not in node:
+        raise ConfigError(f"unknown config key {what}")
+    node[keys[-1]] = value
 
 
 def with_overrides(config: Config, changes: Mapping[str, Any]) -> Config:
     """A copy of ``config`` with dotted keys changed (``{"train.lr": 0.01}``), revalidated."""
     values = config.to_dict()
     for dotted, value in changes.items():
-        node = values
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            if not isinstance(node.get(p), dict):
-                raise ConfigError(f"unknown config key {dotted}")
-            node = node[p]
-        if leaf not in node:
-            raise ConfigError(f"unknown config key {dotted}")
-        node[leaf] = value
+        _set_dotted(values, dotted.split("."), value, dotted, create=False)
     return _build(Config, values).validate()
 
 

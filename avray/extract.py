@@ -23,7 +23,7 @@ from avray.config import Config, config_from_dict
 from avray.data.labels import label_column
 from avray.data.pipeline import Clips, count_prepared, load_clips, write_prepared
 from avray.data.report import SkipReport
-from avray.data.shards import FEATURES_KIND
+from avray.data.shards import FEATURES_KIND, DataSource
 from avray.models.frozen import build_frozen_encoders
 
 
@@ -59,13 +59,13 @@ def feature_shapes(cfg: Config) -> dict[str, list[int]]:
     return shapes
 
 
-def extract_features(uri: str, output: str, cfg: Config, progress: Callable[[str], None] = print,
+def extract_features(data: str | DataSource, output: str, cfg: Config, progress: Callable[[str], None] = print,
                      actors: int | None = None) -> SkipReport:
-    """Write the frozen encoders' features of every clip of ``uri`` as feature shards in ``output``."""
+    """Write the frozen encoders' features of every clip of ``data`` as feature shards in ``output``."""
     start = time.perf_counter()
     shapes = feature_shapes(cfg)
     progress(f"frozen encoders load; features per clip: video {shapes['video']}, audio {shapes['audio']}")
-    clips = load_clips(uri, cfg.data)
+    clips = load_clips(data, cfg.data)
     features = clips.dataset.map_batches(
         ExtractFeatures, fn_constructor_kwargs={"config": cfg.to_dict()}, batch_size=cfg.frozen.batch_size,
         batch_format="numpy", zero_copy_batch=False, **inference_pool(actors),

@@ -19,8 +19,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pyarrow.fs as pafs
 
 from avray.config import Config, DataConfig
-from avray.data.shards import is_prepared
+from avray.data.shards import DataSource, resolve_source
 from avray.data.sources import list_videos
+from avray.models import check_model_config
 from avray.storage import filesystem_for
 from avray.tracking import tracking_uri
 
@@ -40,30 +41,35 @@ class PreflightError(ValueError):
     """Something outside the config keeps the job from starting; the message says what to fix."""
 
 
-def check_job(cfg: Config, *, data: str | None = None, output: str | None = None, track: bool = False) -> None:
-    """What a job needs before it starts: its data source, its output location and, for a
-    job that logs to MLflow (``track``), the tracking server."""
-    if data is not None:
-        check_data(data, cfg.data)
+def check_job(cfg: Config, *, data: str | None = None, output: str | None = None,
+              track: bool = False) -> DataSource | None:
+    """What a job needs before it starts: its model config, its data source, its output
+    location and, for a job that logs to MLflow (``track``), the tracking server. Returns the
+    data source resolved (what the job then reads), or None without ``data``."""
+    check_model_config(cfg.model, cfg.data)
+    source = check_data(data, cfg.data) if data is not None else None
     if output is not None:
         check_output(output, cfg.data.endpoint_override)
     if track:
         # Only a server can fail to answer, and the output folder only places the sqlite
         # default (a remote one would have tracking_uri warn twice).
         check_tracking_server(tracking_uri(cfg.tracking, output="."))
+    return source
 
 
-def check_data(uri: str, cfg: DataConfig) -> None:
-    """``uri`` holds prepared clips, or videos (a manifest is read: it must list some).
+def check_data(uri: str, cfg: DataConfig) -> DataSource:
+    """``uri`` holds prepared clips, or videos (a manifest is read: it must list some); what it
+    holds, resolved once for the job to use.
 
     An S3 prefix that exists is not listed here: listing a large bucket takes minutes, and
     the pipeline lists it anyway; a missing one is.
     """
     fs, path = filesystem_for(uri, cfg.endpoint_override)
-    if isinstance(fs, pafs.S3FileSystem) and _s3_file_info(uri, fs, path).type == pafs.FileType.Directory:
-        return
-    if not is_prepared(uri, cfg.endpoint_override):
+    s3_prefix = isinstance(fs, pafs.S3FileSystem) and _s3_file_info(uri, fs, path).type == pafs.FileType.Directory
+    source = resolve_source(uri, cfg.endpoint_override)
+    if not s3_prefix and not source.prepared:
         list_videos(uri, cfg.extensions, cfg.endpoint_override)
+    return source
 
 
 def check_output(uri: str, endpoint_override: str | None = None) -> None:

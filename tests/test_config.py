@@ -81,3 +81,23 @@ def test_shipped_configs_load_and_validate(path):
                 assert getattr(node, key) == value, prefix + key
 
     same(cfg, yaml.safe_load(path.read_text()), "")
+
+
+def test_the_written_out_defaults_are_the_defaults():
+    """workflows/configs/default.yaml says it writes the defaults out: every key it sets must
+    hold the dataclasses' default."""
+    import yaml
+
+    written = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflows/configs/default.yaml").read_text())
+    defaults = Config().to_dict()
+    differ = []
+
+    def compare(prefix: str, mine: dict, theirs: dict) -> None:
+        for key, value in mine.items():
+            if isinstance(value, dict):
+                compare(f"{prefix}{key}.", value, theirs[key])
+            elif value != theirs[key]:
+                differ.append(f"{prefix}{key}: default.yaml {value!r}, default {theirs[key]!r}")
+
+    compare("", written, defaults)
+    assert not differ, differ

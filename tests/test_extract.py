@@ -10,10 +10,10 @@ import torch
 
 from avray.checkpoint import load_state
 from avray.config import ConfigError
-from avray.data.shards import feature_shards_shapes
+from avray.data.shards import resolve_source
 from avray.eval.evaluate import evaluate
 from avray.extract import extract_features
-from avray.models import load_model
+from avray.models import encoder_widths, load_model
 from avray.models.audio import AudioEncoder
 from avray.models.video import VideoEncoder
 from avray.train.trainer import pretrain
@@ -56,8 +56,8 @@ def test_extract_train_fusion_and_evaluate(ray_local, corpus, encoders, pooled_f
     cfg = tiny_config(tmp_path, *encoders["settings"], "train.epochs=2", "train.num_workers=1")
     features, report = pooled_features
     assert not report.skipped
-    width = cfg.model.video_dim
-    assert feature_shards_shapes(features) == {"video": [width], "audio": [cfg.model.audio_dim]}
+    widths = encoder_widths(cfg.model)
+    assert resolve_source(features).feature_shapes == {"video": [widths["video"]], "audio": [widths["audio"]]}
     table = pads.dataset(features, format="parquet").to_table().sort_by("clip_id")
     assert table.num_rows == 16 and set(table.column("label").to_pylist()) == {"a", "b"}
 
@@ -78,7 +78,7 @@ def test_extract_train_fusion_and_evaluate(ray_local, corpus, encoders, pooled_f
     result = pretrain(tiny_config(tmp_path, "train.epochs=2", "train.num_workers=1"), features, str(tmp_path / "run"))
     assert [h["epoch"] for h in result.history] == [1, 2] and "val/elo_fitness" in result.metrics
     model, saved = load_model(result.checkpoint)
-    assert saved.model.inputs == "features" and saved.model.video_feature_dim == width
+    assert saved.model.inputs == "features" and saved.model.video_feature_dim == widths["video"]
     assert not any(k.startswith(("model.video_encoder", "model.audio_encoder"))
                    for k in load_state(Path(result.checkpoint))["module"])
 
@@ -96,8 +96,8 @@ def test_token_features_train_cross_attention_fusion(ray_local, corpus, encoders
     cfg = tiny_config(tmp_path, *encoders["settings"], "frozen.tokens=true")
     features = str(tmp_path / "tokens")
     extract_features(corpus, features, cfg, progress=lambda msg: None)
-    shapes = feature_shards_shapes(features)
-    assert len(shapes["video"]) == 2 and shapes["video"][1] == cfg.model.video_dim and shapes["video"][0] > 1
+    shapes = resolve_source(features).feature_shapes
+    assert len(shapes["video"]) == 2 and shapes["video"][1] == encoder_widths(cfg.model)["video"] and shapes["video"][0] > 1
     result = pretrain(tiny_config(tmp_path, "train.epochs=1", "train.num_workers=1", "model.fusion=cross_attention",
                                   "model.attention_heads=2"), features, str(tmp_path / "run"), track=False)
     assert result.history[-1]["global_step"] > 0

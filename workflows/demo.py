@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from avray import cli, preflight
-from avray.demo.corpus import make_demo_corpus
 from avray.data.pipeline import count_prepared, prepare
-from avray.data.shards import is_prepared
+from avray.data.shards import resolve_source
+from avray.demo.corpus import make_demo_corpus
 from avray.eval.evaluate import evaluate, format_table
 from avray.tracking import ui_command
 from avray.train.trainer import pretrain
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
 
     cli.init_ray(args.ray_address)
     print(f"[2/4] streaming {corpus} through the Ray Data pipeline into {clips}", flush=True)
-    if is_prepared(str(clips)):
+    if resolve_source(str(clips)).prepared:
         print(f"  reusing {count_prepared(str(clips), cfg.data)} prepared clips")
     else:
         prepare(str(corpus), str(clips), cfg.data, progress=lambda msg: print("  " + msg.replace("\n", "\n  "), flush=True))

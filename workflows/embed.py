@@ -32,11 +32,11 @@ def main(argv=None) -> int:
     if args.config:
         raise ConfigError("embed uses the checkpoint's config: change it with --set, not --config")
     folder, cfg = evaluation_config(args.checkpoint, args.overrides)
-    preflight.check_job(cfg, data=args.data, output=args.output)
-    check_inputs(cfg, args.data)
+    source = preflight.check_job(cfg, data=args.data, output=args.output)
+    check_inputs(cfg, source)
     cli.init_ray(args.ray_address)
     start = time.perf_counter()
-    clips = load_clips(args.data, cfg.data)
+    clips = load_clips(source, cfg.data)
     write_embeddings(embed_dataset(clips.dataset, ModelSpec.trained(folder), batch_size=args.batch_size),
                      args.output, cfg.data.endpoint_override)
     rows = count_embeddings(args.output, cfg.data.endpoint_override)

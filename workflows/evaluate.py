@@ -27,9 +27,9 @@ def main(argv=None) -> int:
     if args.config:
         raise ConfigError("evaluate uses the checkpoint's config: change it with --set, not --config")
     _, cfg = evaluation_config(args.checkpoint, args.overrides)  # a bad checkpoint or override fails here
-    preflight.check_job(cfg, data=args.data, output=args.output, track=not args.no_track)
+    source = preflight.check_job(cfg, data=args.data, output=args.output, track=not args.no_track)
     cli.init_ray(args.ray_address)
-    result = evaluate(args.checkpoint, args.data, args.output, cfg_overrides=args.overrides,
+    result = evaluate(args.checkpoint, source, args.output, cfg_overrides=args.overrides,
                       track=not args.no_track, batch_size=args.batch_size)
     print(format_table(result.metrics))
     print(f"[avray] metrics, embeddings and plots in {result.output}")

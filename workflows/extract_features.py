@@ -19,9 +19,9 @@ from avray.extract import extract_features
 def main(argv=None) -> int:
     args = cli.parser(__doc__).parse_args(argv)
     cfg = cli.load(args)
-    preflight.check_job(cfg, data=args.data, output=args.output)
+    source = preflight.check_job(cfg, data=args.data, output=args.output)
     cli.init_ray(args.ray_address)
-    extract_features(args.data, args.output, cfg, progress=lambda msg: print(f"[avray] {msg}", flush=True))
+    extract_features(source, args.output, cfg, progress=lambda msg: print(f"[avray] {msg}", flush=True))
     return 0
 
 

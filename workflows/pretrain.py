@@ -20,9 +20,9 @@ from avray.train.trainer import pretrain
 def main(argv=None) -> int:
     args = cli.parser(__doc__).parse_args(argv)
     cfg = cli.load(args)
-    preflight.check_job(cfg, data=args.data, output=args.output, track=True)
+    source = preflight.check_job(cfg, data=args.data, output=args.output, track=True)
     cli.init_ray(args.ray_address)
-    result = pretrain(cfg, args.data, args.output)
+    result = pretrain(cfg, source, args.output)
     final = {k: v for k, v in result.metrics.items() if k.startswith(("loss", "val/", "clips_per_s"))}
     print("[avray] done: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(final.items()) if isinstance(v, float)))
     print(f"[avray] checkpoint: {result.checkpoint}")

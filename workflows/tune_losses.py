@@ -25,9 +25,9 @@ from avray.tune import format_table, tune_losses
 def main(argv=None) -> int:
     args = cli.parser(__doc__).parse_args(argv)
     cfg = cli.load(args)
-    preflight.check_job(cfg, data=args.data, output=args.output, track=True)
+    source = preflight.check_job(cfg, data=args.data, output=args.output, track=True)
     cli.init_ray(args.ray_address)
-    result = tune_losses(cfg, args.data, args.output)
+    result = tune_losses(cfg, source, args.output)
     print("[avray] trials, best first:\n" + format_table(result))
     best = result.best
     print(f"[avray] best mixture: trial {best['trial']}, {result.metric} {best['final_fitness']:.4f}; "

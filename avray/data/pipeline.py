@@ -28,7 +28,7 @@ from avray.cluster import on_driver_node
 from avray.config import DataConfig
 from avray.data.labels import label_or_none, labelled_count
 from avray.data.report import SkipLog, SkipReport
-from avray.data.shards import PREPARED_MARKER, is_prepared
+from avray.data.shards import PREPARED_MARKER, DataSource, resolve_source
 from avray.data.sources import SourceError, list_videos
 from avray.data.stages import (
     clip_id,
@@ -253,22 +253,23 @@ def decode_dataset(index: ClipIndex, cfg: DataConfig, epoch: int = 0, epoch_cloc
     return Clips(dataset, index, skip_log)
 
 
-def read_prepared(uri: str, cfg: DataConfig, shuffle_files: bool = False) -> Clips:
+def read_prepared(source: str | DataSource, cfg: DataConfig, shuffle_files: bool = False) -> Clips:
     """Clip rows materialised by ``workflows/prepare.py``, checked against ``cfg``'s clip shape.
 
     ``shuffle_files``: read the shard files in a new seeded order on every pass (every epoch),
     a streaming-friendly shuffle that never materialises the dataset.
     """
-    fs, path = filesystem_for(uri, cfg.endpoint_override)
-    with fs.open_input_stream(f"{path}/{PREPARED_MARKER}") as handle:
-        meta = json.loads(handle.read())
-    mismatched = [k for k in CLIP_SHAPE_KEYS if meta["data"].get(k) != getattr(cfg, k)]
+    source = resolve_source(source, cfg.endpoint_override)
+    if not source.prepared:
+        raise SourceError(f"{source.uri!r} holds no prepared clips (no {PREPARED_MARKER}); run prepare.py")
+    shapes = source.marker["data"]
+    mismatched = [k for k in CLIP_SHAPE_KEYS if shapes.get(k) != getattr(cfg, k)]
     if mismatched:
-        details = ", ".join(f"{k}: shards {meta['data'].get(k)} vs config {getattr(cfg, k)}" for k in mismatched)
-        raise SourceError(f"prepared clips at {uri!r} do not match the config ({details}); re-run prepare.py")
+        details = ", ".join(f"{k}: shards {shapes.get(k)} vs config {getattr(cfg, k)}" for k in mismatched)
+        raise SourceError(f"prepared clips at {source.uri!r} do not match the config ({details}); re-run prepare.py")
     shuffle = ray.data.FileShuffleConfig(seed=cfg.seed, reseed_after_execution=True) if shuffle_files else None
-    dataset = ray.data.read_parquet(path, filesystem=fs, file_extensions=["parquet"], num_cpus=cfg.cpus_per_decode_task,
-                                    shuffle=shuffle)
+    dataset = ray.data.read_parquet(source.path, filesystem=source.filesystem, file_extensions=["parquet"],
+                                    num_cpus=cfg.cpus_per_decode_task, shuffle=shuffle)
     return Clips(dataset)
 
 
@@ -278,11 +279,12 @@ def count_prepared(uri: str, cfg: DataConfig) -> int:
     return pads.dataset(path, filesystem=fs, format="parquet").count_rows()
 
 
-def load_clips(uri: str, cfg: DataConfig, epoch: int = 0) -> Clips:
+def load_clips(source: str | DataSource, cfg: DataConfig, epoch: int = 0) -> Clips:
     """Clip rows from any source: videos (folder, manifest, s3://) or prepared shards."""
-    if is_prepared(uri, cfg.endpoint_override):
-        return read_prepared(uri, cfg)
-    return decode_dataset(build_clip_index(uri, cfg), cfg, epoch)
+    source = resolve_source(source, cfg.endpoint_override)
+    if source.prepared:
+        return read_prepared(source, cfg)
+    return decode_dataset(build_clip_index(source.uri, cfg), cfg, epoch)
 
 
 def prepare(uri: str, output: str, cfg: DataConfig, progress: Callable[[str], None] = print) -> SkipReport:
@@ -344,16 +346,18 @@ def _keep_split(batch: pa.Table, held_out_videos: pa.Array, held_out: bool) -> p
     return batch.filter(mask if held_out else pc.invert(mask))
 
 
-def training_data(uri: str, cfg: DataConfig) -> TrainingData:
+def training_data(source: str | DataSource, cfg: DataConfig) -> TrainingData:
     """Train/validation streams for pretraining, from videos or prepared shards.
 
     From videos, the training stream follows an :class:`EpochClock`, so that with
     ``data.sampling: random`` every epoch sees fresh clip offsets.
     """
-    if is_prepared(uri, cfg.endpoint_override):
-        clips = read_prepared(uri, cfg, shuffle_files=True)
-        fs, path = filesystem_for(uri, cfg.endpoint_override)
-        rows = pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=["source", "label"])
+    source = resolve_source(source, cfg.endpoint_override)
+    uri = source.uri
+    if source.prepared:
+        clips = read_prepared(source, cfg, shuffle_files=True)
+        rows = pads.dataset(source.path, filesystem=source.filesystem, format="parquet").to_table(
+            columns=["source", "label"])
         sources = rows.column("source").to_pylist()
         labels = [label_or_none(v) for v in rows.column("label").to_pylist()]
         held_out_videos = held_out_sources(sources, labels, cfg.val_fraction, cfg.seed)

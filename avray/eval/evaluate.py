@@ -4,7 +4,7 @@
     pool; trained and random-weight models in one pass) ─► metrics for both ─► metrics.json,
     embeddings.parquet, plots/ ─► MLflow (the pretraining run when it can be found)
 
-Metric keys (flat; DESIGN.md), each also under ``baseline/`` for the random-weight model:
+Metric keys (flat; docs/design.md), each also under ``baseline/`` for the random-weight model:
 
 - ``retrieval/{a2v,v2a}/recall@{1,5,10}``, ``.../median_rank``: cross-modal instance retrieval;
 - ``elo/fitness``: ELo's Zipf fitness of the fused embeddings (label-free);
@@ -34,7 +34,7 @@ from avray.checkpoint import load_state
 from avray.config import Config, ConfigError
 from avray.data.labels import labelled_count
 from avray.data.pipeline import load_clips
-from avray.data.shards import check_inputs
+from avray.data.shards import DataSource, check_inputs, resolve_source
 from avray.eval.embed import (
     BASELINE_PREFIX,
     ID_COLUMNS,
@@ -201,7 +201,7 @@ def log_to_mlflow(tracker: Tracker, metrics: dict[str, float], files: Sequence[P
         tracker.flush()
 
 
-def evaluate(checkpoint: str | Path, data: str, output: str | Path, *, cfg_overrides: Sequence[str] = (),
+def evaluate(checkpoint: str | Path, data: str | DataSource, output: str | Path, *, cfg_overrides: Sequence[str] = (),
              track: bool = True, batch_size: int = 64, folds: int = 5,
              progress: Callable[[str], None] = print) -> EvalResult:
     """Embed ``data`` with the checkpoint and with its random initialisation, score both, and
@@ -215,11 +215,12 @@ def evaluate(checkpoint: str | Path, data: str, output: str | Path, *, cfg_overr
     if "://" in str(output):
         raise ConfigError(f"evaluate writes to a local folder, got {output!r}; copy it to object storage afterwards")
     folder, cfg = evaluation_config(checkpoint, cfg_overrides)
-    check_inputs(cfg, data)
+    source = resolve_source(data, cfg.data.endpoint_override)
+    check_inputs(cfg, source)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    progress(f"[avray] evaluating {folder} on {data}")
-    clips = load_clips(data, cfg.data)
+    progress(f"[avray] evaluating {folder} on {source.uri}")
+    clips = load_clips(source, cfg.data)
     models = {"": ModelSpec.trained(folder), BASELINE_PREFIX: ModelSpec.random_init(cfg)}
     table = collect(embed_dataset(clips.dataset, models, batch_size=batch_size))
     trained, baseline = EmbeddingTable.from_arrow(table), EmbeddingTable.from_arrow(table, BASELINE_PREFIX)

@@ -3,11 +3,21 @@
 from avray.models.audio import AudioEncoder, LogMel
 from avray.models.crop_attend import SpaceTimeCropAttend, random_box_mask
 from avray.models.features import FeatureModel
-from avray.models.fusion import ConcatMLPFusion, CrossAttentionFusion, build_fusion
+from avray.models.fusion import ConcatMLPFusion, CrossAttentionFusion
 from avray.models.heads import ProjectionHead
 from avray.models.loading import load_model
-from avray.models.model import AVModel, build_model
-from avray.models.outputs import EncoderOutput
+from avray.models.model import AVModel, build_model, check_model_config
+from avray.models.outputs import EncoderOutput, ModelOutputs
+from avray.models.registry import (
+    AUDIO_ENCODERS,
+    FUSIONS,
+    VIDEO_ENCODERS,
+    build_fusion,
+    encoder_widths,
+    register_audio_encoder,
+    register_fusion,
+    register_video_encoder,
+)
 from avray.models.video import FrameNormalize, VideoEncoder
 
 __all__ = [
@@ -16,6 +26,7 @@ __all__ = [
     "ConcatMLPFusion",
     "CrossAttentionFusion",
     "EncoderOutput",
+    "ModelOutputs",
     "FeatureModel",
     "FrameNormalize",
     "LogMel",
@@ -24,6 +35,14 @@ __all__ = [
     "VideoEncoder",
     "build_fusion",
     "build_model",
+    "check_model_config",
+    "encoder_widths",
+    "register_audio_encoder",
+    "register_fusion",
+    "register_video_encoder",
+    "AUDIO_ENCODERS",
+    "FUSIONS",
+    "VIDEO_ENCODERS",
     "load_model",
     "random_box_mask",
 ]

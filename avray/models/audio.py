@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchaudio.transforms import MelSpectrogram
 
-from avray.config import ModelConfig
+from avray.config import DataConfig, ModelConfig
 from avray.models.outputs import EncoderOutput
+from avray.models.registry import register_audio_encoder
 
 # Floor under the mel power before the log: silence (a video without audio track) must give
 # a finite spectrogram, and 1e-6 is far below the power of any audible frame.
@@ -75,12 +76,17 @@ def audio_backbone(width: int, depth: int) -> nn.Sequential:
     return nn.Sequential(*stages)
 
 
+def audio_width(cfg: ModelConfig) -> int:
+    """The output width of :func:`audio_backbone` as the config shapes it (doubling per stage)."""
+    return cfg.audio_width * 2 ** (cfg.audio_depth - 1)
+
+
 class AudioEncoder(nn.Module):
     """Waveform float [B, S] -> EncoderOutput(pooled [B, Da], tokens [B, Na, Da])."""
 
     def __init__(self, cfg: ModelConfig, sample_rate: int) -> None:
         super().__init__()
-        self.out_dim = cfg.audio_dim
+        self.out_dim = audio_width(cfg)
         self.log_mel = LogMel(sample_rate, cfg.n_fft, cfg.hop_length, cfg.n_mels)
         self.backbone = audio_backbone(cfg.audio_width, cfg.audio_depth)
 
@@ -88,3 +94,8 @@ class AudioEncoder(nn.Module):
         feature_map = self.backbone(self.log_mel(audio))  # [B, Da, F', T']
         tokens = feature_map.flatten(2).transpose(1, 2)
         return EncoderOutput(tokens.mean(1), tokens)
+
+
+@register_audio_encoder("avray", width=audio_width)
+def avray_audio_encoder(cfg: ModelConfig, data: DataConfig) -> AudioEncoder:
+    return AudioEncoder(cfg, data.sample_rate)

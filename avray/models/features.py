@@ -12,7 +12,7 @@ from torch import Tensor
 
 from avray.config import ModelConfig
 from avray.models.heads import JointHeads
-from avray.models.outputs import EncoderOutput
+from avray.models.outputs import EncoderOutput, ModelOutputs
 
 
 def _as_output(features: Tensor) -> EncoderOutput:
@@ -32,7 +32,7 @@ class FeatureModel(JointHeads):
         super().__init__()
         self.build_heads(cfg, {"video": cfg.video_feature_dim, "audio": cfg.audio_feature_dim})
 
-    def forward(self, video: Tensor, audio: Tensor) -> dict[str, Tensor]:
+    def forward(self, video: Tensor, audio: Tensor) -> ModelOutputs:
         video_out, audio_out = _as_output(video), _as_output(audio)
         for name, out in (("video", video_out), ("audio", audio_out)):
             if out.pooled.shape[-1] != self.feature_dims[name]:

@@ -45,10 +45,9 @@ def _read_bytes(uri: str, endpoint_override: str | None) -> bytes:
 
 def _architecture(name: str, modality: str, model_cfg: ModelConfig, data_cfg: DataConfig) -> nn.Module:
     if name == "avray":
-        from avray.models.audio import AudioEncoder
-        from avray.models.video import VideoEncoder
+        from avray.models.registry import build_audio_encoder, build_video_encoder
 
-        return VideoEncoder(model_cfg) if modality == "video" else AudioEncoder(model_cfg, data_cfg.sample_rate)
+        return (build_video_encoder if modality == "video" else build_audio_encoder)(model_cfg, data_cfg)
     library, builder = name.split(":", 1)
     try:
         module = __import__(f"{library}.models", fromlist=["models"])

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from avray.config import ModelConfig
 from avray.models.outputs import EncoderOutput
+from avray.models.registry import register_fusion
 
 
 class ConcatMLPFusion(nn.Module):
@@ -64,11 +65,11 @@ class CrossAttentionFusion(nn.Module):
         return self.out(torch.cat([v.mean(1), a.mean(1)], dim=-1))
 
 
-def build_fusion(cfg: ModelConfig, dims: Mapping[str, int]) -> ConcatMLPFusion | CrossAttentionFusion:
-    """The fusion ``cfg.fusion`` names; ``dims`` gives the encoders' widths as
-    ``{"video": Dv, "audio": Da}``."""
-    if cfg.fusion == "concat_mlp":
-        return ConcatMLPFusion(dims["video"], dims["audio"], cfg.fused_dim)
-    if cfg.fusion == "cross_attention":
-        return CrossAttentionFusion(dims["video"], dims["audio"], cfg.fused_dim, cfg.attention_heads)
-    raise ValueError(f"unknown fusion {cfg.fusion!r}; expected 'concat_mlp' or 'cross_attention'")
+@register_fusion("concat_mlp")
+def concat_mlp(cfg: ModelConfig, dims: Mapping[str, int]) -> ConcatMLPFusion:
+    return ConcatMLPFusion(dims["video"], dims["audio"], cfg.fused_dim)
+
+
+@register_fusion("cross_attention")
+def cross_attention(cfg: ModelConfig, dims: Mapping[str, int]) -> CrossAttentionFusion:
+    return CrossAttentionFusion(dims["video"], dims["audio"], cfg.fused_dim, cfg.attention_heads)

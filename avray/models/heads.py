@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from avray.models.outputs import ModelOutputs
+
 
 class ProjectionHead(nn.Sequential):
     """SimCLR-style MLP (Chen et al. 2020): Linear-BN-ReLU-Linear, [B, in_dim] -> [B, out_dim].
@@ -29,7 +31,7 @@ class JointHeads(nn.Module):
     with it optimizer state in checkpoints, stays encoders first)."""
 
     def build_heads(self, cfg, dims: dict[str, int]) -> None:
-        from avray.models.fusion import build_fusion
+        from avray.models.registry import build_fusion
 
         self.feature_dims = dict(dims)
         self.video_head = ProjectionHead(dims["video"], cfg.embed_dim)
@@ -46,12 +48,14 @@ class JointHeads(nn.Module):
             "fused": self.fusion.out_dim,
         }
 
-    def joint_outputs(self, video_out, audio_out) -> dict:
-        """Two ``EncoderOutput`` -> the model's output dict (see ``AVModel``)."""
-        return {
-            "video_features": video_out.pooled,
-            "audio_features": audio_out.pooled,
-            "video": self.video_head(video_out.pooled),
-            "audio": self.audio_head(audio_out.pooled),
-            "fused": self.fusion(video_out, audio_out),
-        }
+    def joint_outputs(self, video_out, audio_out) -> ModelOutputs:
+        """Two ``EncoderOutput`` -> the model's :class:`~avray.models.outputs.ModelOutputs`."""
+        return ModelOutputs(
+            video_features=video_out.pooled,
+            audio_features=audio_out.pooled,
+            video=self.video_head(video_out.pooled),
+            audio=self.audio_head(audio_out.pooled),
+            fused=self.fusion(video_out, audio_out),
+            video_tokens=video_out.tokens,
+            audio_tokens=audio_out.tokens,
+        )

@@ -1,7 +1,10 @@
-"""What every encoder returns: one pooled vector per clip and the token sequence behind it."""
+"""What every encoder returns (one pooled vector per clip and the token sequence behind it),
+and what every model returns (:class:`ModelOutputs`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 from torch import Tensor
@@ -14,3 +17,41 @@ class EncoderOutput(NamedTuple):
 
     pooled: Tensor
     tokens: Tensor
+
+
+@dataclass(frozen=True)
+class ModelOutputs(Mapping):
+    """What a model returns and every objective reads, one field per output:
+
+    - ``video_features`` [B, Dv], ``audio_features`` [B, Da]: pooled encoder outputs (what
+      probes and retrieval evaluate);
+    - ``video_tokens`` [B, Nv, Dv], ``audio_tokens`` [B, Na, Da]: the encoders' final feature
+      maps as token sequences (None for pooled frozen features);
+    - ``video`` [B, E], ``audio`` [B, E]: projection-head outputs, not L2-normalised;
+    - ``fused`` [B, F]: the joint embedding.
+
+    It reads as a mapping of its tensors (``outputs["video"]``; None fields left out), so a
+    loss written against a plain dict of tensors takes it as it is.
+    """
+
+    video_features: Tensor
+    audio_features: Tensor
+    video: Tensor
+    audio: Tensor
+    fused: Tensor
+    video_tokens: Tensor | None = None
+    audio_tokens: Tensor | None = None
+
+    def _present(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def __getitem__(self, key: str) -> Tensor:
+        if key not in self._present():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._present())
+
+    def __len__(self) -> int:
+        return len(self._present())

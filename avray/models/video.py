@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from avray.config import KINETICS_MEAN, KINETICS_STD, ModelConfig
+from avray.config import KINETICS_MEAN, KINETICS_STD, DataConfig, ModelConfig
 from avray.models.crop_attend import SpaceTimeCropAttend
 from avray.models.outputs import EncoderOutput
+from avray.models.registry import register_video_encoder
 
 
 class FrameNormalize(nn.Module):
@@ -86,6 +87,11 @@ def video_backbone(width: int, depth: int) -> nn.Sequential:
     return nn.Sequential(*stages)
 
 
+def video_width(cfg: ModelConfig) -> int:
+    """The output width of :func:`video_backbone` as the config shapes it (doubling per stage)."""
+    return cfg.video_width * 2 ** (cfg.video_depth - 1)
+
+
 class VideoEncoder(nn.Module):
     """uint8 video [B, T, H, W, 3] -> EncoderOutput(pooled [B, Dv], tokens [B, Nv, Dv]).
 
@@ -94,7 +100,7 @@ class VideoEncoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.out_dim = cfg.video_dim
+        self.out_dim = video_width(cfg)
         self.normalize = FrameNormalize(per_clip=cfg.video_norm == "clip")
         self.backbone = video_backbone(cfg.video_width, cfg.video_depth)
         self.crop_attend = (SpaceTimeCropAttend(self.out_dim, cfg.attention_heads, cfg.mask_ratio)
@@ -105,3 +111,8 @@ class VideoEncoder(nn.Module):
         tokens = feature_map.flatten(2).transpose(1, 2)
         pooled = self.crop_attend(feature_map) if self.crop_attend is not None else tokens.mean(1)
         return EncoderOutput(pooled, tokens)
+
+
+@register_video_encoder("avray", width=video_width)
+def avray_video_encoder(cfg: ModelConfig, data: DataConfig) -> VideoEncoder:
+    return VideoEncoder(cfg)

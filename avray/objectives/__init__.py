@@ -10,7 +10,7 @@ from avray.objectives.dcca import DCCA, canonical_correlations, dcca_loss
 from avray.objectives.fused import FusedContrastive
 from avray.objectives.infonce import InfoNCE, infonce_loss
 from avray.objectives.kmeans import KMeansResult, kmeans, kmeans_plusplus
-from avray.objectives.mixture import OBJECTIVES, LossMixture, MixtureResult, NonFiniteLossError
+from avray.objectives.mixture import OBJECTIVES, LossMixture, MixtureResult, NonFiniteLossError, register_objective
 from avray.objectives.sdl import SDL
 from avray.objectives.xdc import VARIANT_TERMS, XDC
 
@@ -34,4 +34,5 @@ __all__ = [
     "infonce_loss",
     "kmeans",
     "kmeans_plusplus",
+    "register_objective",
 ]

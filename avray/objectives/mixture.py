@@ -16,7 +16,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from avray.config import ObjectivesConfig
+from avray.config import ObjectivesConfig, register_objective_section
 from avray.objectives.base import EpochContext, Objective
 from avray.objectives.cluster_contrastive import ClusterContrastive
 from avray.objectives.dcca import DCCA
@@ -26,6 +26,8 @@ from avray.objectives.sdl import SDL
 from avray.objectives.xdc import XDC
 
 # Config section name -> objective class (each has from_config(section, dims, gather_distributed)).
+# The built-in ones, whose sections are fields of ObjectivesConfig; others come through
+# register_objective.
 OBJECTIVES: dict[str, type[Objective]] = {
     "infonce": InfoNCE,
     "fused": FusedContrastive,
@@ -34,6 +36,22 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "dcca": DCCA,
     "sdl": SDL,
 }
+
+
+def register_objective(name: str, section: type):
+    """Class decorator: the objective ``objectives.<name>`` names, configured by ``section``
+    (a frozen dataclass whose first field is ``weight``), for objectives defined outside
+    avray (a study's own loss, a test's). Register before the config is loaded, in every
+    process that loads it (a module that Ray workers import too)."""
+
+    def decorate(cls: type[Objective]) -> type[Objective]:
+        if name in OBJECTIVES:
+            raise ValueError(f"objective {name!r} is registered already")
+        register_objective_section(name, section)
+        OBJECTIVES[name] = cls
+        return cls
+
+    return decorate
 
 
 class NonFiniteLossError(FloatingPointError):

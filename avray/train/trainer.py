@@ -15,7 +15,7 @@ from avray.checkpoint import checkpoint_uri
 from avray.config import Config
 from avray.data.pipeline import TrainingData, training_data
 from avray.data.report import SkipReport
-from avray.data.shards import for_inputs
+from avray.data.shards import DataSource, for_inputs, resolve_source
 from avray.storage import filesystem_for
 from avray.tracking import Tracker, start_job_run
 from avray.train.faults import FailFastTorchTrainer, deterministic_failure
@@ -124,11 +124,12 @@ def build_trainer(cfg: Config, data: TrainingData, output: str, tracker: Tracker
     )
 
 
-def pretrain(cfg: Config, data_uri: str, output: str, track: bool = True) -> PretrainResult:
-    """Pretrain on ``data_uri``; checkpoints and MLflow under ``output``. Re-running resumes.
+def pretrain(cfg: Config, data: str | DataSource, output: str, track: bool = True) -> PretrainResult:
+    """Pretrain on ``data``; checkpoints and MLflow under ``output``. Re-running resumes.
     On feature shards (workflows/extract_features.py) only the heads and the fusion train."""
-    cfg = for_inputs(cfg, data_uri)
-    data = training_data(data_uri, cfg.data)
+    source = resolve_source(data, cfg.data.endpoint_override)
+    cfg = for_inputs(cfg, source)
+    data = training_data(source, cfg.data)
     cache = cache_training_clips(cfg, data)
     labelled = f" ({data.val_labelled} labelled)" if 0 < data.val_labelled < data.num_val_clips else ""
     print(f"[avray] {data.num_train_clips} training clips, {data.num_val_clips} held-out clips{labelled}"

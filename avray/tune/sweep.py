@@ -23,7 +23,7 @@ from avray.checkpoint import checkpoint_uri
 from avray.cluster import materialize_on_driver_node, on_driver_node
 from avray.config import Config, ConfigError, with_overrides
 from avray.data.pipeline import training_data
-from avray.data.shards import for_inputs
+from avray.data.shards import DataSource, for_inputs, resolve_source
 from avray.storage import filesystem_for
 from avray.tracking import redact, start_job_run
 from avray.train.faults import TrainingError
@@ -53,11 +53,12 @@ def _trial_folder(trial) -> str:
     return trial.trial_id
 
 
-def tune_losses(cfg: Config, data_uri: str, output: str) -> SweepResult:
-    cfg = for_inputs(cfg, data_uri)
+def tune_losses(cfg: Config, data: str | DataSource, output: str) -> SweepResult:
+    source = resolve_source(data, cfg.data.endpoint_override)
+    cfg = for_inputs(cfg, source)
     metric = fitness_metric(cfg)
     scheduler, search_alg = build_scheduler(cfg), build_search_alg(cfg)
-    data = training_data(data_uri, cfg.data)
+    data = training_data(source, cfg.data)
     if data.val is None:
         raise ConfigError("a sweep scores each mixture on held-out clips: set data.val_fraction > 0")
     if cfg.tune.fitness == "knn" and data.val_classes < 2:

@@ -23,7 +23,7 @@ from avray.demo.corpus import (
 
 ROOT = Path(__file__).resolve().parents[2]
 VIDEOS, SEED = 20, 3
-# What the pipeline makes of a clip (DESIGN.md): 2-s windows, 8 fps, 16 kHz.
+# What the pipeline makes of a clip (docs/design.md): 2-s windows, 8 fps, 16 kHz.
 CLIP_S, CLIP_FPS, RATE = 2.0, 8, 16_000
 WINDOW_STARTS = (0.0, 0.5, 1.0, 1.5, 2.0)
 

@@ -15,10 +15,13 @@ VARIANT_IDS = [f"{c.fusion}-crop{c.crop_attend}" for c in VARIANTS]
 
 
 def assert_matches_output_dims(model: AVModel, out: dict[str, torch.Tensor], batch: int) -> None:
-    assert set(out) == set(model.output_dims) == KEYS
+    assert set(model.output_dims) == KEYS and set(out) == KEYS | {"video_tokens", "audio_tokens"}
     for key, dim in model.output_dims.items():
         assert out[key].shape == (batch, dim), key
         assert torch.isfinite(out[key].float()).all(), key
+    for modality in ("video", "audio"):  # token sequences [B, N, D] behind the pooled features
+        tokens = out[f"{modality}_tokens"]
+        assert tokens.shape[0] == batch and tokens.shape[2] == model.output_dims[f"{modality}_features"]
 
 
 def test_default_model_on_the_default_clip():
@@ -91,8 +94,9 @@ def test_model_moves_to_the_meta_device_whole(cfg):
     video, audio = random_clips(SMALL_DATA, batch=2)
     for mode in (model.train, model.eval):
         out = mode()(video.to("meta"), audio.to("meta"))
-        assert {key: (value.device.type, tuple(value.shape)) for key, value in out.items()} == {
+        assert {key: (out[key].device.type, tuple(out[key].shape)) for key in model.output_dims} == {
             key: ("meta", (2, dim)) for key, dim in model.output_dims.items()}
+        assert {out[key].device.type for key in ("video_tokens", "audio_tokens")} == {"meta"}
 
 
 def test_model_round_trips_through_meta_to_cpu_via_state_dict():

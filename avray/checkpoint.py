@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from avray.config import Config, config_from_dict
-from avray.storage import filesystem_for
+from avray.storage import filesystem_for, is_remote
 from avray.tracking import redact
 
 STATE_FILE = "state.pt"
@@ -50,7 +50,7 @@ def find_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder itself, or the newest one under a run's output folder. One on
     ``s3://`` (a cluster's storage) is first copied to a local temporary folder, removed when
     the process exits."""
-    if str(path).startswith("s3://"):
+    if is_remote(str(path)):
         return _fetch_checkpoint(str(path))
     path = Path(path)
     if (path / STATE_FILE).exists():

@@ -21,7 +21,8 @@ import torch
 from avray.cluster import inference_pool
 from avray.config import Config, config_from_dict
 from avray.data.labels import label_column
-from avray.data.pipeline import Clips, count_prepared, load_clips, write_prepared
+from avray.data.pipeline import load_clips
+from avray.data.shards import Clips, count_prepared, write_prepared
 from avray.data.report import SkipReport
 from avray.data.shards import FEATURES_KIND, DataSource
 from avray.models.frozen import build_frozen_encoders

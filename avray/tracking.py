@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from avray.config import Config, TrackingConfig
+from avray.storage import is_remote
 
 logger = logging.getLogger("avray.tracking")
 
@@ -82,7 +83,7 @@ def tracking_uri(cfg: TrackingConfig, output: str) -> str:
         logger.warning("tracking.tracking_uri %s has its password masked (a checkpoint's config never holds it): "
                        "set MLFLOW_TRACKING_URI or --set tracking.tracking_uri=... with the password", cfg.tracking_uri)
         return cfg.tracking_uri
-    if "://" in output:
+    if is_remote(output):
         # sqlite cannot live on object storage; on a cluster the working dir is a temporary copy.
         logger.warning("output %s is remote and no MLflow tracking URI is set: logging to ./mlflow.db, "
                        "which a Ray job's temporary working dir loses; set MLFLOW_TRACKING_URI", output)
@@ -205,7 +206,7 @@ def start_job_run(cfg: Config, output: str, job: str = "pretrain") -> Tracker:
     """The MLflow run of a job (``pretrain``, ``tune``) writing to ``output``; re-running the job
     resumes the same run. Logs the resolved config as params and as ``config.yaml``."""
     uri = tracking_uri(cfg.tracking, output)
-    id_file = Path(output) / RUN_ID_FILE if "://" not in output else None
+    id_file = Path(output) / RUN_ID_FILE if not is_remote(output) else None
     run_id = id_file.read_text().strip() if id_file and id_file.exists() else None
     tracker = Tracker(uri, cfg.tracking.experiment, run_id=run_id,
                       run_name=cfg.tracking.run_name or Path(output).name, tags={"avray.job": job})

@@ -42,7 +42,8 @@ from avray import cli
 from avray.config import DataConfig
 from avray.data.decode import decode_clip, decode_clips_of_video
 from avray.demo.corpus import make_demo_corpus
-from avray.data.pipeline import build_clip_index, decode_dataset
+from avray.data.pipeline import decode_dataset
+from avray.data.index import build_clip_index
 from avray.demo.throughput import ResourceMonitor, consume
 
 BATCH = 16

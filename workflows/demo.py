@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from avray import cli, preflight
-from avray.data.pipeline import count_prepared, prepare
+from avray.data.pipeline import prepare
+from avray.data.shards import count_prepared
 from avray.data.shards import resolve_source
 from avray.demo.corpus import make_demo_corpus
 from avray.eval.evaluate import evaluate, format_table

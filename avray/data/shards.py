@@ -1,8 +1,9 @@
-"""What a prepared folder is: clip (or feature) shards beside a marker file that says so.
+"""Prepared folders: clip (or feature) shards beside a marker file that says so, written
+and read here, and what a ``--data`` location holds (:class:`DataSource`).
 
 ``workflows/prepare.py`` writes clip shards; ``workflows/extract_features.py`` writes feature
 shards, whose marker adds the kind ``features`` and the per-clip feature shapes. A model
-reads one or the other, and these functions tell which a location holds.
+reads one or the other.
 """
 
 from __future__ import annotations
@@ -11,15 +12,22 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import ray
 
-from avray.config import Config, ConfigError, with_overrides
+from avray.config import Config, ConfigError, DataConfig, with_overrides
+from avray.data.index import ClipIndex
+from avray.data.report import SkipReport
+from avray.data.sources import SourceError
 from avray.storage import filesystem_for
 
 # A prepared-clip folder (workflows/prepare.py) carries this marker next to its shards;
 # the leading underscore keeps pyarrow and Ray from taking it for a data file.
 PREPARED_MARKER = "_avray_clips.json"
 FEATURES_KIND = "features"
+# Shape-defining settings: prepared shards are only valid for a config that agrees on these.
+CLIP_SHAPE_KEYS = ("clip_seconds", "fps", "frame_size", "sample_rate")
 
 
 @dataclass(frozen=True)
@@ -84,3 +92,75 @@ def for_inputs(cfg: Config, source: DataSource) -> Config:
         **{f"model.{name}_feature_dim": shape[-1] for name, shape in shapes.items()},
         **{f"model.{name}_feature_tokens": shape[0] if len(shape) == 2 else 0 for name, shape in shapes.items()},
     })
+
+
+@dataclass
+class Clips:
+    """A stream of clip rows and the record of what was skipped producing it."""
+
+    dataset: ray.data.Dataset
+    index: ClipIndex | None = None
+    skip_log: ray.actor.ActorHandle | None = None
+
+    def report(self) -> SkipReport:
+        """Skips so far: those found while indexing plus those found while decoding.
+
+        Complete once the dataset has been consumed.
+        """
+        report = SkipReport()
+        if self.index is not None:
+            report.merge(self.index.report)
+        if self.skip_log is not None:
+            report.merge(ray.get(self.skip_log.get.remote()))
+        return report
+
+
+def read_prepared(source: str | DataSource, cfg: DataConfig, shuffle_files: bool = False) -> Clips:
+    """Clip rows materialised by ``workflows/prepare.py``, checked against ``cfg``'s clip shape.
+
+    ``shuffle_files``: read the shard files in a new seeded order on every pass (every epoch),
+    a streaming-friendly shuffle that never materialises the dataset.
+    """
+    source = resolve_source(source, cfg.endpoint_override)
+    if not source.prepared:
+        raise SourceError(f"{source.uri!r} holds no prepared clips (no {PREPARED_MARKER}); run prepare.py")
+    shapes = source.marker["data"]
+    mismatched = [k for k in CLIP_SHAPE_KEYS if shapes.get(k) != getattr(cfg, k)]
+    if mismatched:
+        details = ", ".join(f"{k}: shards {shapes.get(k)} vs config {getattr(cfg, k)}" for k in mismatched)
+        raise SourceError(f"prepared clips at {source.uri!r} do not match the config ({details}); re-run prepare.py")
+    shuffle = ray.data.FileShuffleConfig(seed=cfg.seed, reseed_after_execution=True) if shuffle_files else None
+    dataset = ray.data.read_parquet(source.path, filesystem=source.filesystem, file_extensions=["parquet"],
+                                    num_cpus=cfg.cpus_per_decode_task, shuffle=shuffle)
+    return Clips(dataset)
+
+
+def count_prepared(uri: str, cfg: DataConfig) -> int:
+    """Clips in a prepared folder, from parquet metadata (nothing is decoded or read in full)."""
+    fs, path = filesystem_for(uri, cfg.endpoint_override)
+    return pads.dataset(path, filesystem=fs, format="parquet").count_rows()
+
+
+def write_prepared(clips: Clips, uri: str, cfg: DataConfig, extra: dict | None = None) -> SkipReport:
+    """Materialise ``clips`` as parquet shards under ``uri`` (local or s3://), plus the marker
+    (``extra`` adds keys to it, e.g. that the rows are features)."""
+    fs, path = filesystem_for(uri, cfg.endpoint_override)
+    fs.create_dir(path, recursive=True)
+    # A re-run (or other encoders) replaces what an earlier one wrote here, and nothing else:
+    # old shards beside new ones would duplicate every clip.
+    old = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    for info in old:
+        if info.type == pafs.FileType.File and (info.base_name.endswith(".parquet") or info.base_name == PREPARED_MARKER):
+            fs.delete_file(info.path)
+    clips.dataset.write_parquet(path, filesystem=fs)
+    report = clips.report()
+    meta = {
+        "data": {k: getattr(cfg, k) for k in CLIP_SHAPE_KEYS},
+        "skipped": {src: {"reason": r, "detail": d} for src, (r, d) in report.skipped.items()},
+        "silent_videos": sorted(report.silent_videos),
+        **(extra or {}),
+    }
+    # The marker is written last: a folder without it is an interrupted prepare, not a dataset.
+    with fs.open_output_stream(f"{path}/{PREPARED_MARKER}") as handle:
+        handle.write(json.dumps(meta, indent=2).encode())
+    return report

@@ -55,6 +55,7 @@ from avray.metrics import (
     retrieval_ranks,
     zipf_fitness,
 )
+from avray.storage import is_remote
 from avray.tracking import RUN_ID_FILE, Tracker, tracking_uri
 
 logger = logging.getLogger("avray.eval")
@@ -212,7 +213,7 @@ def evaluate(checkpoint: str | Path, data: str | DataSource, output: str | Path,
     ``cfg_overrides``: ``key=value`` changes to the checkpoint's config (e.g. data settings).
     ``output`` must be a local folder. Ray is started on first use if not running.
     """
-    if "://" in str(output):
+    if is_remote(str(output)):
         raise ConfigError(f"evaluate writes to a local folder, got {output!r}; copy it to object storage afterwards")
     folder, cfg = evaluation_config(checkpoint, cfg_overrides)
     source = resolve_source(data, cfg.data.endpoint_override)

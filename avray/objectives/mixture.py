@@ -16,7 +16,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from avray.config import ObjectivesConfig, register_objective_section
+from avray.config import ConfigError, ObjectivesConfig, register_objective_section
 from avray.objectives.base import EpochContext, Objective
 from avray.objectives.cluster_contrastive import ClusterContrastive
 from avray.objectives.dcca import DCCA
@@ -52,6 +52,15 @@ def register_objective(name: str, section: type):
         return cls
 
     return decorate
+
+
+def check_labels_for(cfg: ObjectivesConfig, labelled_clips: int, corpus: str) -> None:
+    """A supervised objective (``needs.labels``) on a corpus without labels is a config error,
+    raised before training starts; pretraining is label-free by default."""
+    supervised = sorted(name for name in cfg.enabled() if OBJECTIVES[name].needs.labels)
+    if supervised and labelled_clips == 0:
+        raise ConfigError(f"objectives.{supervised[0]} is supervised and {corpus!r} has no labels: give it class "
+                          f"folders or a manifest with a 'label' column, or set objectives.{supervised[0]}.weight=0")
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from avray.data.report import SkipReport  # noqa: E402
+from avray.storage import is_remote  # noqa: E402
 from avray.tracking import Tracker  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def log_run_summary(tracker: Tracker, history: list[dict], checkpoint: str | Non
         tracker.set_tag("avray.best_epoch", str(int(best["epoch"])))
     if checkpoint is not None:
         tracker.set_tag("avray.checkpoint", checkpoint)
-        if "://" not in checkpoint:  # a remote checkpoint is already where the cluster can read it
+        if not is_remote(checkpoint):  # a remote checkpoint is already where the cluster can read it
             tracker.log_artifact(checkpoint, "checkpoint")
     counts = skipped.counts()
     if counts:

@@ -16,7 +16,8 @@ from avray.config import Config
 from avray.data.pipeline import TrainingData, training_data
 from avray.data.report import SkipReport
 from avray.data.shards import DataSource, for_inputs, resolve_source
-from avray.storage import filesystem_for
+from avray.objectives.mixture import check_labels_for
+from avray.storage import filesystem_for, is_remote
 from avray.tracking import Tracker, start_job_run
 from avray.train.faults import FailFastTorchTrainer, deterministic_failure
 from avray.train.loop import train_loop_per_worker
@@ -76,7 +77,7 @@ def ray_storage(output: str) -> tuple[str, pafs.FileSystem | None]:
     """Ray's ``storage_path`` and ``storage_filesystem`` for ``output``. Ray resolves an
     s3:// path with pyarrow, which ignores ``AWS_ENDPOINT_URL``: S3-compatible stores
     (MinIO, SeaweedFS) need the filesystem avray builds (``avray.data.sources.filesystem_for``)."""
-    if "://" not in output:
+    if not is_remote(output):
         return str(Path(output).resolve()), None
     fs, path = filesystem_for(output)
     return path, fs
@@ -130,6 +131,7 @@ def pretrain(cfg: Config, data: str | DataSource, output: str, track: bool = Tru
     source = resolve_source(data, cfg.data.endpoint_override)
     cfg = for_inputs(cfg, source)
     data = training_data(source, cfg.data)
+    check_labels_for(cfg.objectives, data.train_labelled, source.uri)
     cache = cache_training_clips(cfg, data)
     labelled = f" ({data.val_labelled} labelled)" if 0 < data.val_labelled < data.num_val_clips else ""
     print(f"[avray] {data.num_train_clips} training clips, {data.num_val_clips} held-out clips{labelled}"

@@ -24,7 +24,8 @@ from avray.cluster import materialize_on_driver_node, on_driver_node
 from avray.config import Config, ConfigError, with_overrides
 from avray.data.pipeline import training_data
 from avray.data.shards import DataSource, for_inputs, resolve_source
-from avray.storage import filesystem_for
+from avray.objectives.mixture import check_labels_for
+from avray.storage import filesystem_for, is_remote
 from avray.tracking import redact, start_job_run
 from avray.train.faults import TrainingError
 from avray.train.trainer import ray_storage
@@ -59,6 +60,7 @@ def tune_losses(cfg: Config, data: str | DataSource, output: str) -> SweepResult
     metric = fitness_metric(cfg)
     scheduler, search_alg = build_scheduler(cfg), build_search_alg(cfg)
     data = training_data(source, cfg.data)
+    check_labels_for(cfg.objectives, data.train_labelled, source.uri)
     if data.val is None:
         raise ConfigError("a sweep scores each mixture on held-out clips: set data.val_fraction > 0")
     if cfg.tune.fitness == "knn" and data.val_classes < 2:
@@ -87,7 +89,7 @@ def tune_losses(cfg: Config, data: str | DataSource, output: str) -> SweepResult
     parent = start_job_run(cfg, output, job="tune")
     root, filesystem = ray_storage(output)
     experiment_path = f"{root}/{EXPERIMENT}"
-    state_file = str(Path(output) / "trial_runs.json") if "://" not in output else \
+    state_file = str(Path(output) / "trial_runs.json") if not is_remote(output) else \
         str(Path(tempfile.gettempdir()) / f"avray-trial-runs-{parent.run_id}.json")
     if tune.Tuner.can_restore(experiment_path, storage_filesystem=filesystem):
         print(f"[avray] resuming the sweep in {output.rstrip('/')}/{EXPERIMENT}", flush=True)
@@ -114,7 +116,7 @@ def tune_losses(cfg: Config, data: str | DataSource, output: str) -> SweepResult
             ),
         )
     grid = tuner.fit()
-    return _summarise(cfg, grid, metric, f"{output.rstrip('/')}/{EXPERIMENT}" if "://" in output else experiment_path,
+    return _summarise(cfg, grid, metric, f"{output.rstrip('/')}/{EXPERIMENT}" if is_remote(output) else experiment_path,
                       parent, output, recorded_results(state_file), ray.get(failures.get.remote()))
 
 

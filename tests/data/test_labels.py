@@ -8,7 +8,8 @@ import pytest
 
 from avray.config import load_config
 from avray.data.labels import batch_labels, label_column, label_or_none, labelled_count
-from avray.data.pipeline import load_clips, read_prepared, write_prepared
+from avray.data.pipeline import load_clips
+from avray.data.shards import read_prepared, write_prepared
 from tests.media import make_good_video
 from tests.tiny import TINY
 

@@ -14,7 +14,8 @@ import pytest
 from avray.checkpoint import load_config_of
 from avray.config import load_config
 from avray.demo.corpus import make_demo_corpus
-from avray.data.pipeline import load_clips, write_prepared
+from avray.data.pipeline import load_clips
+from avray.data.shards import write_prepared
 from avray.eval.embed import BASELINE_PREFIX, EmbeddingTable, read_embeddings
 from avray.eval.evaluate import (
     all_metrics,

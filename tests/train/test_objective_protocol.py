@@ -1,7 +1,8 @@
-"""An objective defined here, not in avray, registered with one decorator: it keeps a FIFO
-queue and a per-epoch record through the loop's hooks; the loop is killed (SIGKILL, in a
+"""Objectives defined here, not in avray, each registered with one decorator. One keeps a
+FIFO queue and a per-epoch record through the loop's hooks; the loop is killed (SIGKILL, in a
 process of its own) after its second checkpoint and resumed, and the objective's state ends
-exactly as in a run that was never interrupted."""
+exactly as in a run that was never interrupted. Another is supervised, and refused on a
+corpus without labels before training starts."""
 
 import os
 import shutil
@@ -12,12 +13,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import torch
 from torch import Tensor
 
-from avray.config import load_config
+from avray.config import ConfigError, load_config
 from avray.objectives import Objective, register_objective
+from avray.objectives.base import Needs
 from avray.train.loop import Session, run_loop
+from avray.train.trainer import pretrain
+from tests.media import make_good_video
 from tests.tiny import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,3 +127,32 @@ def test_a_registered_objectives_state_survives_a_kill_and_resume_exactly(tmp_pa
     assert resumed.steps == whole.steps == 2 * EPOCHS
     assert int(resumed.filled) == int(whole.filled) == 2 * EPOCHS
     assert torch.equal(resumed.queue, whole.queue)
+
+
+@dataclass(frozen=True)
+class LabelProbeConfig:
+    weight: float = 0.0
+
+
+@register_objective("label_probe", LabelProbeConfig)
+class LabelProbe(Objective):
+    """A supervised objective: it declares that it needs labels."""
+
+    needs = Needs(labels=True)
+
+    @classmethod
+    def from_config(cls, cfg: LabelProbeConfig, dims: dict[str, int], gather_distributed: bool) -> "LabelProbe":
+        return cls(gather_distributed)
+
+    def forward(self, outputs: dict[str, Tensor], targets=None) -> Tensor:
+        return outputs["fused"].sum() * 0
+
+
+def test_a_supervised_objective_on_a_corpus_without_labels_is_refused_before_training(ray_local, tmp_path):
+    for i in range(4):
+        make_good_video(tmp_path / "flat" / f"v{i}.mp4", seconds=2.5, fps=12, size=48, sample_rate=16000, seed=i)
+    cfg = load_config(None, [*TINY, f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                             "objectives.label_probe.weight=1.0"])
+    with pytest.raises(ConfigError, match="objectives.label_probe is supervised and .* has no labels"):
+        pretrain(cfg, str(tmp_path / "flat"), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # refused before Ray Train or MLflow made anything

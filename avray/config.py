@@ -97,7 +97,8 @@ class ModelConfig:
     video_encoder: str = "avray"
     audio_encoder: str = "avray"
     video_width: int = 32
-    video_depth: int = 3
+    # 4 stages end on a 2x2 grid of a 64x64 frame: a digit-sized receptive field (docs/recipe.md).
+    video_depth: int = 4
     audio_width: int = 32
     audio_depth: int = 3
     n_mels: int = 64
@@ -154,7 +155,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class InfoNCEConfig:
     weight: float = 1.0
-    temperature: float = 0.07
+    # Soft: a batch holds many clips of each class; 0.07 pushes them apart as instances
+    # (docs/recipe.md measures 0.1, 0.3, 0.5).
+    temperature: float = 0.5
     learnable_temperature: bool = False
     # Lower clamp of a learnable temperature (CLIP clamps its logit scale at 100, i.e. tau >= 0.01).
     min_temperature: float = 0.01
@@ -162,8 +165,11 @@ class InfoNCEConfig:
 
 @dataclass(frozen=True)
 class FusedContrastiveConfig:
-    weight: float = 0.5
-    temperature: float = 0.07
+    # Off by default: on the spoken-digit corpus it taught the encoders each clip's incidental
+    # cues (docs/recipe.md); without it the fusion is untrained and the fused embedding is a
+    # random projection of both streams' features.
+    weight: float = 0.0
+    temperature: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -256,7 +262,7 @@ class ObjectivesConfig:
 class TrainConfig:
     """Ray Train pretraining (avray.train)."""
 
-    epochs: int = 10
+    epochs: int = 15
     # Global batch size, split evenly over workers.
     batch_size: int = 64
     lr: float = 1e-3
@@ -338,6 +344,98 @@ class TuneConfig:
                f"tune.scheduler={self.scheduler} evolves its own population: use tune.search_alg=random "
                "(optuna and hyperopt go with the asha or fifo schedulers)")
 
+
+
+def _check_range(name: str, bounds: tuple[float, ...], low: float, high: float) -> None:
+    _check(len(bounds) == 2 and low <= bounds[0] <= bounds[1] <= high,
+           f"{name} must be two numbers [min, max] with {low:g} <= min <= max <= {high:g}")
+
+
+def _check_probability(name: str, value: float) -> None:
+    _check(0.0 <= value <= 1.0, f"{name} must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class VideoAugmentConfig:
+    """Per-clip random video ops (avray.models.augment), the same for every frame of a clip."""
+
+    # Random resized crop, back to the frame size: area fraction and aspect ratio ranges.
+    crop_scale: tuple[float, float] = (0.6, 1.0)
+    crop_ratio: tuple[float, float] = (0.75, 1.3333)
+    flip_p: float = 0.5
+    # Colour jitter, applied with jitter_p: factors drawn from [1 - x, 1 + x] (hue: a rotation
+    # of the chroma plane by up to hue * 360 degrees).
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    # Temporal jitter: the clip's frames re-read from a start moved by up to frame_offset
+    # frames, at a speed in [1 - rate_jitter, 1 + rate_jitter] (edges repeat).
+    frame_offset: int = 2
+    rate_jitter: float = 0.2
+
+    def validate(self) -> None:
+        _check_range("augment.video.crop_scale", self.crop_scale, 0.01, 1.0)
+        _check_range("augment.video.crop_ratio", self.crop_ratio, 0.1, 10.0)
+        for name in ("flip_p", "jitter_p", "grayscale_p"):
+            _check_probability(f"augment.video.{name}", getattr(self, name))
+        for name in ("brightness", "contrast", "saturation"):
+            _check(0.0 <= getattr(self, name) < 1.0, f"augment.video.{name} must be in [0, 1)")
+        _check(0.0 <= self.hue <= 0.5, "augment.video.hue must be in [0, 0.5]")
+        _check(self.frame_offset >= 0, "augment.video.frame_offset must be >= 0")
+        _check(0.0 <= self.rate_jitter < 1.0, "augment.video.rate_jitter must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class AudioAugmentConfig:
+    """Per-clip random audio ops (avray.models.augment); the SpecAugment masks act on the
+    log-mel inside the model."""
+
+    # Gain drawn from [-gain_db, +gain_db] dB.
+    gain_db: float = 6.0
+    # White noise added with noise_p, at an SNR drawn from snr_db.
+    noise_p: float = 0.5
+    snr_db: tuple[float, float] = (5.0, 30.0)
+    # Circular shift of the waveform by up to time_shift_s seconds either way.
+    time_shift_s: float = 0.2
+    # SpecAugment: masks of up to freq_mask_bins mel bands / time_mask_frames STFT frames.
+    # Off by default: with short training runs they slowed learning more than they helped
+    # (docs/recipe.md); 2 x 8 bands and 2 x 20 frames is a common setting.
+    freq_masks: int = 0
+    freq_mask_bins: int = 8
+    time_masks: int = 0
+    time_mask_frames: int = 20
+    # Another clip of the batch mixed in with mix_p, at up to mix_level of this clip's RMS.
+    mix_p: float = 0.0
+    mix_level: float = 0.3
+
+    def validate(self) -> None:
+        _check(self.gain_db >= 0, "augment.audio.gain_db must be >= 0")
+        _check_probability("augment.audio.noise_p", self.noise_p)
+        _check_range("augment.audio.snr_db", self.snr_db, -20.0, 100.0)
+        _check(self.time_shift_s >= 0, "augment.audio.time_shift_s must be >= 0")
+        for name in ("freq_masks", "freq_mask_bins", "time_masks", "time_mask_frames"):
+            _check(getattr(self, name) >= 0, f"augment.audio.{name} must be >= 0")
+        _check_probability("augment.audio.mix_p", self.mix_p)
+        _check(0.0 <= self.mix_level <= 1.0, "augment.audio.mix_level must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation on the training device (avray.models.augment): off at validation,
+    evaluation and embedding. ``enabled: false`` turns every op off, SpecAugment included."""
+
+    enabled: bool = True
+    video: VideoAugmentConfig = field(default_factory=VideoAugmentConfig)
+    audio: AudioAugmentConfig = field(default_factory=AudioAugmentConfig)
+    # Mixed with the worker's rank and the step: every step's draws are reproducible on resume.
+    seed: int = 0
+
+    def validate(self) -> None:
+        self.video.validate()
+        self.audio.validate()
 
 
 # Kinetics-400 RGB statistics, which torchvision's video models normalise with.
@@ -435,6 +533,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     frozen: FrozenConfig = field(default_factory=FrozenConfig)

@@ -203,3 +203,39 @@ def clustering(x: np.ndarray, labels: np.ndarray, k: int | None = None, seed: in
     clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(l2_normalize(np.asarray(x, np.float64)))
     return {"nmi": float(normalized_mutual_info_score(labels, clusters)),
             "ari": float(adjusted_rand_score(labels, clusters))}
+
+
+def alignment(x: np.ndarray, y: np.ndarray, alpha: float = 2.0) -> float:
+    """Wang & Isola 2020 ("Understanding Contrastive Representation Learning through Alignment
+    and Uniformity on the Hypersphere", arXiv:2005.10242): E ||x_i - y_i||^alpha over positive
+    pairs of the L2-normalised ``x``, ``y`` [N, D]. 0: each pair coincides; 4 (alpha 2): opposite."""
+    return float(np.mean(np.linalg.norm(l2_normalize(x) - l2_normalize(y), axis=1) ** alpha))
+
+
+def uniformity(x: np.ndarray, t: float = 2.0, max_rows: int = 2048) -> float:
+    """Wang & Isola 2020: log E_{i != j} exp(-t ||x_i - x_j||^2) of the L2-normalised ``x``
+    [N, D], N >= 2. Lower is more uniform on the sphere; 0 when every row is the same
+    (collapse). Above ``max_rows`` rows, on evenly spaced ``max_rows`` of them (the pairs
+    matrix grows as N^2)."""
+    x = np.asarray(x, np.float64)
+    if len(x) > max_rows:
+        x = x[np.linspace(0, len(x) - 1, max_rows).astype(int)]
+    z = l2_normalize(x)
+    squared = np.maximum(2.0 - 2.0 * z @ z.T, 0.0)
+    off_diagonal = ~np.eye(len(z), dtype=bool)
+    values = -t * squared[off_diagonal]
+    peak = values.max()
+    return float(peak + np.log(np.mean(np.exp(values - peak))))
+
+
+def effective_rank(x: np.ndarray) -> float:
+    """Roy & Vetterli 2007 ("The effective rank: a measure of effective dimensionality"):
+    exp of the entropy of the normalised singular values of the centred ``x`` [N, D]; between 1
+    (everything on one line, or collapsed: then 1) and min(N, D)."""
+    centred = np.asarray(x, np.float64) - np.mean(x, axis=0)
+    singular = np.linalg.svd(centred, compute_uv=False)
+    if singular.sum() <= 1e-12:
+        return 1.0
+    p = singular / singular.sum()
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))

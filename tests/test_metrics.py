@@ -4,12 +4,15 @@ import numpy as np
 import pytest
 
 from avray.metrics import (
+    alignment,
     class_mean_average_precision,
     clustering,
+    effective_rank,
     knn_accuracy,
     linear_probe,
     retrieval,
     retrieval_ranks,
+    uniformity,
 )
 
 N_CLASSES, VIDEOS_PER_CLASS, CLIPS_PER_VIDEO = 4, 6, 3
@@ -104,3 +107,25 @@ def test_metrics_are_deterministic():
     assert clustering(x, labels, seed=1) == clustering(x, labels, seed=1)
     first, second = linear_probe(x, labels, sources), linear_probe(x, labels, sources)
     assert first.accuracy == second.accuracy and (first.predictions == second.predictions).all()
+
+
+def test_alignment_and_uniformity_match_their_definitions():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((20, 5)), rng.standard_normal((20, 5))
+    zx = x / np.linalg.norm(x, axis=1, keepdims=True)
+    zy = y / np.linalg.norm(y, axis=1, keepdims=True)
+    assert alignment(x, y) == pytest.approx(np.mean(np.sum((zx - zy) ** 2, axis=1)))
+    assert alignment(x, 3 * x) == pytest.approx(0.0, abs=1e-12)
+    pairs = [np.exp(-2 * np.sum((zx[i] - zx[j]) ** 2)) for i in range(20) for j in range(20) if i != j]
+    assert uniformity(x) == pytest.approx(np.log(np.mean(pairs)))
+    assert uniformity(np.ones((6, 4))) == pytest.approx(0.0, abs=1e-12)  # collapsed
+    assert uniformity(np.vstack([x] * 200)) == pytest.approx(uniformity(np.vstack([x] * 200), max_rows=4000), abs=0.05)
+
+
+def test_effective_rank_counts_the_spread_directions():
+    rng = np.random.default_rng(1)
+    assert effective_rank(np.ones((10, 4))) == 1.0
+    line = rng.standard_normal((50, 1)) @ rng.standard_normal((1, 8))
+    assert effective_rank(line) == pytest.approx(1.0, abs=1e-6)
+    isotropic = rng.standard_normal((5000, 6))
+    assert 5.9 < effective_rank(isotropic) <= 6.0

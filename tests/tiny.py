@@ -11,6 +11,8 @@ TINY = [
     "data.clips_per_video=2", "data.val_fraction=0.25", "data.decode_batch_size=4",
     "data.cpus_per_decode_task=0.5", "train.cpus_per_worker=0.5",
     "train.batch_size=4", "train.warmup_epochs=0", "tune.zipf_clusters=2",
+    # Two terms, so that the mixture, the sweeps and resume carry more than one λ.
+    "objectives.fused.weight=0.5",
 ]
 
 

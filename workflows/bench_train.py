@@ -30,6 +30,7 @@ from avray.config import load_config, with_overrides
 from avray.demo.corpus import prepared_demo_clips
 from avray.data.pipeline import load_clips
 from avray.models import build_model
+from avray.models.augment import Augmenter
 from avray.objectives import LossMixture
 from avray.train.trainer import pretrain
 
@@ -37,8 +38,9 @@ from avray.train.trainer import pretrain
 def plain_loop(cfg, clips: dict[str, np.ndarray], epochs: int) -> float:
     """clips/s of a single-process loop over in-memory tensors (the same step as avray's)."""
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, cfg.data)
+    model = build_model(cfg.model, cfg.data, cfg.augment)
     mixture = LossMixture.from_config(cfg.objectives, model.output_dims)
+    augmenter = Augmenter(cfg.augment, cfg.data)
     params = list(model.parameters()) + list(mixture.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     video, audio = torch.from_numpy(clips["video"]), torch.from_numpy(clips["audio"])
@@ -50,7 +52,8 @@ def plain_loop(cfg, clips: dict[str, np.ndarray], epochs: int) -> float:
         start = time.perf_counter()
         for step in range(steps):
             idx = order[step * batch : (step + 1) * batch]
-            result = mixture(model(video[idx], audio[idx]))
+            (view_video, view_audio), = augmenter.views(video[idx], audio[idx], 1, step)
+            result = mixture(model(view_video, view_audio))
             optimizer.zero_grad(set_to_none=True)
             result.total.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)

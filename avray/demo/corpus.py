@@ -125,6 +125,14 @@ def make_demo_corpus(
     images = _digit_images()
     specs = plan_corpus(videos, seed, duration_s=duration_s, size=size, fps=fps, sample_rate=sample_rate)
     jobs = [(spec, images[spec.digit_index], str(output / spec.label / f"digit_{spec.index:05d}.mp4")) for spec in specs]
+    return write_corpus(_write_one, jobs, progress, workers)
+
+
+def write_corpus(write_one: Callable[..., dict], jobs: list[tuple], progress: Callable[[str], None] | None,
+                 workers: int | None) -> list[dict]:
+    """Run ``write_one(*job)`` for every job, over a process pool when there is enough work,
+    reporting progress; returns the rows sorted by their ``index``."""
+    videos = len(jobs)
     if workers is None:
         workers = max(1, min(os.cpu_count() or 1, videos // 16))
     start = time.perf_counter()
@@ -139,12 +147,12 @@ def make_demo_corpus(
 
     if workers <= 1 or videos <= 1:
         for job in jobs:
-            done(_write_one(*job))
+            done(write_one(*job))
     else:
         # spawn, not fork: callers may already run threads (Ray, torch) that fork would copy mid-lock.
         context = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            for row in pool.map(_write_one, *zip(*jobs), chunksize=max(1, videos // (workers * 8))):
+            for row in pool.map(write_one, *zip(*jobs), chunksize=max(1, videos // (workers * 8))):
                 done(row)
     return sorted(rows, key=lambda r: r["index"])
 
@@ -215,8 +223,10 @@ def digit_visibility(spec: VideoSpec, t: np.ndarray) -> np.ndarray:
     return np.clip((np.asarray(t, dtype=np.float64) - spec.video_onset_s) / 0.15, 0.0, 1.0)
 
 
-def render_frames(spec: VideoSpec, digit: np.ndarray) -> np.ndarray:
-    """uint8 ``[N, size, size, 3]`` frames of the video; ``digit`` is the 8x8 load_digits image (0..16)."""
+def render_frames(spec: VideoSpec, digit: np.ndarray,
+                  layers: Callable[[np.ndarray, int], None] | None = None) -> np.ndarray:
+    """uint8 ``[N, size, size, 3]`` frames of the video; ``digit`` is the 8x8 load_digits image (0..16).
+    ``layers(frame, i)``, if given, paints on frame ``i`` (float RGB in place) under the digit."""
     rng = np.random.default_rng([spec.noise_seed, 1])
     n = int(round(spec.duration_s * spec.fps))
     s = spec.size
@@ -233,6 +243,8 @@ def render_frames(spec: VideoSpec, digit: np.ndarray) -> np.ndarray:
     noise = rng.integers(-255, 256, (n, s, s, 3), dtype=np.int16).astype(np.float32) * (spec.frame_noise * math.sqrt(3) / 255)
     for i in range(n):
         frame = background + noise[i]
+        if layers is not None:
+            layers(frame, i)
         if visible[i] > 0:
             a = alpha * np.float32(visible[i])
             y, x = tops[i], lefts[i]

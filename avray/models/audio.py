@@ -36,6 +36,8 @@ class LogMel(nn.Module):
         super().__init__()
         self.mel = MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length,
                                   n_mels=n_mels)
+        # Training-time masks (avray.models.augment.SpecAugment, set by the model); no state.
+        self.masking: nn.Module = nn.Identity()
 
     def forward(self, audio: Tensor) -> Tensor:
         if audio.dim() != 2 or not audio.is_floating_point():
@@ -45,7 +47,7 @@ class LogMel(nn.Module):
             # Per-clip standardisation over all bins removes loudness differences between
             # recordings while keeping the spectral shape; silence maps to zeros, not NaN.
             log_mel = F.layer_norm(log_mel, log_mel.shape[-2:])
-        return log_mel.unsqueeze(1)
+        return self.masking(log_mel.unsqueeze(1))
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from avray.config import ConfigError, ObjectivesConfig, register_objective_section
+from avray.models.outputs import ModelOutputs
 from avray.objectives.base import EpochContext, Objective
 from avray.objectives.cluster_contrastive import ClusterContrastive
 from avray.objectives.dcca import DCCA
@@ -134,6 +135,11 @@ class LossMixture(nn.Module):
     def config_buffers(self) -> list[Tensor]:
         return [buffer for objective in self.objectives.values() for buffer in objective.config_buffers()]
 
+    @property
+    def views(self) -> int:
+        """Augmented views per clip the enabled objectives need."""
+        return max([objective.needs.views for objective in self.objectives.values()], default=1)
+
     def set_weights(self, weights: Mapping[str, float]) -> None:
         """Change some λ without rebuilding. Raises for negative or non-finite λ, unknown names,
         and λ > 0 for an objective this mixture does not hold (it was built with weight 0)."""
@@ -153,8 +159,7 @@ class LossMixture(nn.Module):
     def forward(self, outputs: Mapping[str, Tensor], targets: Mapping[str, object] | None = None) -> MixtureResult:
         device_type = next(iter(outputs.values())).device.type
         with torch.autocast(device_type, enabled=False):
-            outputs = {k: v.float() if v.is_floating_point() and v.dtype not in (torch.float32, torch.float64) else v
-                       for k, v in outputs.items()}
+            outputs = _at_least_float32(outputs)
             raw = {}
             for name, objective in self.objectives.items():
                 if self._weights[name] == 0:
@@ -174,3 +179,10 @@ class LossMixture(nn.Module):
             return MixtureResult(None, terms, skipped=True)
         total = sum(self._weights[name] * term for name, term in raw.items())
         return MixtureResult(total, terms)
+
+
+def _at_least_float32(outputs: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+    def widen(v: Tensor) -> Tensor:
+        return v.float() if v.is_floating_point() and v.dtype not in (torch.float32, torch.float64) else v
+
+    return outputs.map(widen) if isinstance(outputs, ModelOutputs) else {k: widen(v) for k, v in outputs.items()}

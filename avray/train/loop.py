@@ -28,10 +28,11 @@ import torch.distributed as dist
 from torch import nn
 
 from avray.checkpoint import load_state, save_state
-from avray.config import Config, config_from_dict, with_overrides
+from avray.config import AugmentConfig, Config, config_from_dict, with_overrides
 from avray.data.labels import batch_labels, labelled_count
-from avray.metrics import knn_accuracy, zipf_fitness
+from avray.metrics import alignment, effective_rank, knn_accuracy, uniformity, zipf_fitness
 from avray.models import build_model
+from avray.models.augment import Augmenter
 from avray.objectives import LossMixture
 from avray.objectives.base import EpochContext, VideoEmbeddings
 from avray.objectives.distributed import rank as rank_of_this_process
@@ -48,10 +49,12 @@ class Pretrainer(nn.Module):
         self.model = model
         self.mixture = mixture
 
-    def forward(self, video: torch.Tensor, audio: torch.Tensor, targets: dict | None = None):
-        """-> (loss, unweighted terms, skipped). DDP finds the parameters a step trains by walking
+    def forward(self, views: list[tuple[torch.Tensor, torch.Tensor]], targets: dict | None = None):
+        """``views``: the batch's augmented (video, audio) views, one forward pass for all.
+        -> (loss, unweighted terms, skipped). DDP finds the parameters a step trains by walking
         back from the tensors ``forward`` returns, so only the loss is returned attached."""
-        outputs = self.model(video, audio)
+        video, audio = (torch.cat(stream) for stream in zip(*views))
+        outputs = self.model(video, audio).split_views(len(views))
         result = self.mixture(outputs, targets)
         if result.total is not None:
             return result.total, result.terms, False
@@ -132,13 +135,16 @@ def embed_videos(core: Pretrainer, shard, cfg: Config, device: torch.device) -> 
 
 @torch.no_grad()
 def validate(core: Pretrainer, dataset, cfg: Config, device: torch.device) -> dict[str, float]:
-    """Loss terms on held-out videos, ELo's Zipf fitness on their fused embeddings, and
-    kNN accuracy on those that carry labels, when they are of two classes or more (labels are
-    never used for training)."""
+    """Loss terms on held-out videos, ELo's Zipf fitness on their fused embeddings, the
+    diagnostics that show collapse before the loss does (audio-video alignment, each
+    projection's uniformity, the effective rank of each modality's projections and of the fused
+    embedding), and kNN accuracy on the clips that carry labels, when they are of two classes
+    or more (labels are never used for training)."""
     core.eval()
     terms: dict[str, float] = {}
     batches = 0
-    fused, labels, sources = [], [], []
+    embedded: dict[str, list[np.ndarray]] = {"fused": [], "audio": [], "video": []}
+    labels, sources = [], []
     for batch in dataset.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy"):
         video, audio = _to_device(batch, device)
         with _autocast(cfg, device):
@@ -148,15 +154,24 @@ def validate(core: Pretrainer, dataset, cfg: Config, device: torch.device) -> di
             for name, value in result.terms.items():
                 terms[name] = terms.get(name, 0.0) + float(value)
             batches += 1
-        fused.append(outputs["fused"].float().cpu().numpy())
+        for key, parts in embedded.items():
+            parts.append(outputs[key].float().cpu().numpy())
         labels += list(batch_labels(batch))
         sources += list(batch["source"])
     core.train()
     metrics = {f"val/{name}": value / batches for name, value in terms.items()} if batches else {}
-    if fused:
-        embeddings = np.concatenate(fused)
+    if embedded["fused"]:
+        arrays = {key: np.concatenate(parts) for key, parts in embedded.items()}
+        embeddings = arrays["fused"]
         if len(embeddings) >= 4:
-            metrics["val/elo_fitness"] = zipf_fitness(embeddings, cfg.tune.zipf_clusters, cfg.tune.zipf_exponent, cfg.train.seed)
+            metrics["val/elo_fitness"] = zipf_fitness(embeddings, cfg.tune.zipf_clusters, cfg.tune.zipf_exponent,
+                                                      cfg.train.seed)
+        if len(embeddings) >= 2:
+            metrics["val/alignment"] = alignment(arrays["audio"], arrays["video"])
+            for key, values in arrays.items():
+                metrics[f"val/effective_rank/{key}"] = effective_rank(values)
+                if key != "fused":
+                    metrics[f"val/uniformity/{key}"] = uniformity(values)
         labelled = np.array([label is not None for label in labels], dtype=bool)
         if labelled_count(labels)[1] > 1:
             metrics["val/knn_accuracy"] = knn_accuracy(embeddings[labelled], np.asarray(labels)[labelled],
@@ -272,11 +287,13 @@ def train_epoch(module: nn.Module, core: Pretrainer, optimizer, scheduler, sessi
         shuffle = {"local_shuffle_buffer_size": cfg.train.shuffle_buffer_clips,
                    "local_shuffle_seed": (cfg.train.seed * 1_000 + epoch) * 1_000 + session.rank}
     per_worker = max(1, cfg.train.batch_size // session.world)
+    augmenter = Augmenter(cfg.augment if cfg.model.inputs == "clips" else AugmentConfig(enabled=False), cfg.data)
     for batch in session.train.iter_batches(batch_size=per_worker, batch_format="numpy", drop_last=True, **shuffle):
         video, audio = _to_device(batch, device)
         targets = core.mixture.batch_targets(batch, device)
+        views = augmenter.views(video, audio, core.mixture.views, progress.global_step, session.rank)
         with _autocast(cfg, device):
-            loss, terms, skipped = module(video, audio, targets)
+            loss, terms, skipped = module(views, targets)
         # Every rank must agree to skip a non-finite step, or DDP's all-reduce would hang.
         bad = torch.tensor([1.0 if skipped or not torch.isfinite(loss) else 0.0], device=device)
         if dist.is_initialized():
@@ -293,7 +310,7 @@ def train_epoch(module: nn.Module, core: Pretrainer, optimizer, scheduler, sessi
         progress.global_step += 1
         core.mixture.on_step_end(progress.global_step)
         steps += 1
-        clips += len(video)
+        clips += len(video)  # clips, not views: what the data plane delivered
         totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
         for name, value in terms.items():
             totals[f"loss/{name}"] = totals.get(f"loss/{name}", 0.0) + float(value)
@@ -322,7 +339,7 @@ def run_loop(cfg: Config, session: Session, steps_per_epoch: int, tracker=None, 
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
 
-    model = build_model(cfg.model, cfg.data)
+    model = build_model(cfg.model, cfg.data, cfg.augment)
     mixture = LossMixture.from_config(cfg.objectives, model.output_dims)
     if session.weights:
         mixture.set_weights(session.weights)
@@ -372,6 +389,6 @@ def _progress(metrics: dict, cfg: Config, epoch: int, start_epoch: int, run_star
     done = epoch + 1 - start_epoch
     eta = (time.perf_counter() - run_start) / done * (cfg.train.epochs - epoch - 1)
     terms = "  ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in metrics.items() if k.startswith("loss/"))
-    val = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val/"))
+    val = "  ".join(f"{k.removeprefix('val/')} {v:.3g}" for k, v in metrics.items() if k.startswith("val/"))
     print(f"[avray] epoch {epoch + 1}/{cfg.train.epochs}  loss {metrics.get('loss', float('nan')):.4f}  ({terms})  "
-          f"{metrics['clips_per_s']:.1f} clips/s  ETA {eta:.0f} s" + (f"\n[avray]   {val}" if val else ""), flush=True)
+          f"{metrics['clips_per_s']:.1f} clips/s  ETA {eta:.0f} s" + (f"\n[avray]   held out: {val}" if val else ""), flush=True)

@@ -27,7 +27,7 @@ def assert_matches_output_dims(model: AVModel, out: dict[str, torch.Tensor], bat
 def test_default_model_on_the_default_clip():
     model = build_model(ModelConfig(), DataConfig()).train()
     out = model(*random_clips(DataConfig(), batch=2))
-    assert model.output_dims == {"video_features": 128, "audio_features": 128,
+    assert model.output_dims == {"video_features": 256, "audio_features": 128,
                                  "video": 128, "audio": 128, "fused": 256}
     assert_matches_output_dims(model, out, batch=2)
 

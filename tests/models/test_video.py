@@ -7,13 +7,13 @@ from avray.models.video import KINETICS_MEAN, KINETICS_STD
 from tests.models.clips import SMALL_DATA, random_clips
 
 
-def test_default_clip_gives_pooled_features_and_a_4x4x4_token_grid():
+def test_default_clip_gives_pooled_features_and_a_2x2x2_token_grid():
     encoder = VideoEncoder(ModelConfig())
     video, _ = random_clips(DataConfig(), batch=2)
     pooled, tokens = encoder(video)
-    assert encoder.out_dim == 128
-    assert pooled.shape == (2, 128)
-    assert tokens.shape == (2, 4 * 4 * 4, 128)
+    assert encoder.out_dim == 256  # 32 channels, doubled at each of 4 stages
+    assert pooled.shape == (2, 256)
+    assert tokens.shape == (2, 2 * 2 * 2, 256)
 
 
 @pytest.mark.parametrize("width, depth, grid", [(8, 1, (8, 8, 8)), (8, 2, (4, 4, 4)), (4, 3, (2, 2, 2))])

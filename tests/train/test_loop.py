@@ -4,6 +4,7 @@ brings back, and what the trial's config overrides (PBT's mutated hyperparameter
 import contextlib
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import pytest
 import torch
 
 from avray.checkpoint import load_state
+from avray.objectives import Objective, register_objective
+from avray.objectives.base import Needs
 from avray.train.loop import Session, run_loop
 from tests.tiny import tiny_config
 
@@ -93,3 +96,37 @@ def test_validation_scores_only_the_labelled_held_out_clips(tmp_path, labels, kn
     (metrics,) = reports
     assert math.isfinite(metrics["val/elo_fitness"])
     assert ("val/knn_accuracy" in metrics) == knn
+
+
+@dataclass(frozen=True)
+class TwoViewsConfig:
+    weight: float = 0.0
+
+
+@register_objective("two_views", TwoViewsConfig)
+class TwoViews(Objective):
+    """Asks for two augmented views and pulls their fused embeddings together (a SimSiam-like
+    term); records what it saw."""
+
+    needs = Needs(outputs=("fused",), views=2)
+    seen: list = []
+
+    @classmethod
+    def from_config(cls, cfg, dims, gather_distributed):
+        return cls(gather_distributed=False)
+
+    def forward(self, outputs, targets=None):
+        if not self.training:  # validation hands one view
+            return outputs["fused"].sum() * 0
+        first, second = outputs.views
+        differ = bool((first["video_features"] != second["video_features"]).any())
+        TwoViews.seen.append((len(outputs.views), first["fused"].shape, differ))
+        return (first["fused"] - second["fused"]).pow(2).mean()
+
+
+def test_an_objective_that_needs_two_views_gets_two_different_ones(tmp_path):
+    cfg = tiny_config(tmp_path, "train.epochs=1", "objectives.two_views.weight=1.0")
+    TwoViews.seen.clear()
+    _train(cfg, tmp_path, "views")
+    assert TwoViews.seen and all(count == 2 and shape[0] == cfg.train.batch_size and differ
+                                 for count, shape, differ in TwoViews.seen)

@@ -32,10 +32,11 @@ def test_trains_the_fusion_and_both_projections():
         assert result["grads"][encoder].abs().sum() > 0, encoder
 
 
-def test_is_part_of_the_default_mixture():
-    mixture = LossMixture.from_config(ObjectivesConfig(), DIMS)
-    assert set(mixture.weights) == {"infonce", "fused"}
-    assert mixture.weights["fused"] == FusedContrastiveConfig().weight
+def test_is_off_in_the_default_recipe_and_joins_the_mixture_when_weighted():
+    assert FusedContrastiveConfig().weight == 0  # docs/recipe.md: it taught incidental cues
+    assert set(LossMixture.from_config(ObjectivesConfig(), DIMS).weights) == {"infonce"}
+    weighted = ObjectivesConfig(fused=FusedContrastiveConfig(weight=0.5))
+    assert LossMixture.from_config(weighted, DIMS).weights == {"infonce": 1.0, "fused": 0.5}
 
 
 def _job(inputs, sizes):

@@ -52,7 +52,7 @@ def plain_loop(cfg, clips: dict[str, np.ndarray], epochs: int) -> float:
         start = time.perf_counter()
         for step in range(steps):
             idx = order[step * batch : (step + 1) * batch]
-            (view_video, view_audio), = augmenter.views(video[idx], audio[idx], 1, step)
+            (view_video, view_audio), = augmenter.views(video[idx], audio[idx], 1, epoch * steps + step)
             result = mixture(model(view_video, view_audio))
             optimizer.zero_grad(set_to_none=True)
             result.total.backward()

@@ -111,28 +111,30 @@ def colour_maps(frames: Tensor, cfg: VideoAugmentConfig, gen: torch.Generator) -
     def factor(amount: float) -> Tensor:
         return _uniform((b, 1, 1), 1 - amount, 1 + amount, gen, device)
 
+    def then(step: Tensor, matrix: Tensor, offset: Tensor) -> tuple[Tensor, Tensor]:
+        """The map ``x -> step (M x + o)``."""
+        return step @ matrix, (step @ offset.unsqueeze(-1)).squeeze(-1)
+
     mean_gray = (gray_row.view(1, 3) @ frames.mean(dim=(2, 3, 4)).T).T  # [B, 1]
     brightness, contrast, saturation = factor(cfg.brightness), factor(cfg.contrast), factor(cfg.saturation)
-    matrix = brightness * eye
-    # m + c (x - m) with m = the brightened clip's mean gray, itself b * mean_gray.
+    # Brightness then contrast: m + c (b x - m), m = the brightened clip's mean gray = b * mean_gray.
+    matrix = contrast * brightness * eye
     offset = ((1 - contrast.view(b, 1)) * brightness.view(b, 1) * mean_gray).expand(b, 3)
-    matrix = contrast * matrix
-    saturate = saturation * eye + (1 - saturation) * to_gray
-    matrix, offset = saturate @ matrix, (saturate @ offset.unsqueeze(-1)).squeeze(-1)
+    matrix, offset = then(saturation * eye + (1 - saturation) * to_gray, matrix, offset)
     angle = _uniform((b,), -cfg.hue, cfg.hue, gen, device) * 2 * math.pi
     rotation = torch.zeros(b, 3, 3, device=device)
     rotation[:, 0, 0] = 1
     rotation[:, 1, 1], rotation[:, 1, 2] = angle.cos(), -angle.sin()
     rotation[:, 2, 1], rotation[:, 2, 2] = angle.sin(), angle.cos()
     to_yiq = _RGB_TO_YIQ.to(device)
-    hue = torch.linalg.inv(to_yiq) @ rotation @ to_yiq
-    matrix, offset = hue @ matrix, (hue @ offset.unsqueeze(-1)).squeeze(-1)
+    matrix, offset = then(torch.linalg.inv(to_yiq) @ rotation @ to_yiq, matrix, offset)
     jitter = _chance(cfg.jitter_p, b, gen, device)
     matrix = torch.where(jitter.view(b, 1, 1), matrix, eye)
     offset = torch.where(jitter.view(b, 1), offset, torch.zeros_like(offset))
     gray = _chance(cfg.grayscale_p, b, gen, device)
-    matrix = torch.where(gray.view(b, 1, 1), to_gray @ matrix, matrix)
-    offset = torch.where(gray.view(b, 1), (to_gray @ offset.unsqueeze(-1)).squeeze(-1), offset)
+    grayed = then(to_gray, matrix, offset)
+    matrix = torch.where(gray.view(b, 1, 1), grayed[0], matrix)
+    offset = torch.where(gray.view(b, 1), grayed[1], offset)
     return matrix, offset
 
 

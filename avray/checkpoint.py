@@ -69,8 +69,11 @@ def _fetch_checkpoint(uri: str) -> Path:
     import pyarrow.fs as pafs
 
     fs, root = filesystem_for(uri)
-    found = [info for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-             if info.base_name == STATE_FILE]
+    found = [
+        info
+        for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+        if info.base_name == STATE_FILE
+    ]
     direct = [info for info in found if info.path == f"{root}/{STATE_FILE}"]
     if not found:
         raise FileNotFoundError(f"no avray checkpoint ({STATE_FILE}) under {uri}")

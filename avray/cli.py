@@ -6,8 +6,8 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from avray.config import Config, ConfigError, load_config
 from avray.data.sources import SourceError
@@ -25,14 +25,25 @@ USER_ERRORS = (ConfigError, SourceError, PreflightError)
 def parser(description: str, *, data: bool = True, output: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     if data:
-        p.add_argument("--data", required=True, help="video folder, manifest (.csv/.parquet), s3:// prefix, or prepared clips")
+        p.add_argument(
+            "--data", required=True, help="video folder, manifest (.csv/.parquet), s3:// prefix, or prepared clips"
+        )
     if output:
         p.add_argument("--output", required=True, help="output folder (local or s3://)")
     p.add_argument("--config", help="YAML config (see workflows/configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.epochs=5 (repeatable)")
-    p.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"),
-                   help="Ray cluster to join (default: $RAY_ADDRESS, else a local cluster sized to this machine)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=5 (repeatable)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray cluster to join (default: $RAY_ADDRESS, else a local cluster sized to this machine)",
+    )
     return p
 
 

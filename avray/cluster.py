@@ -13,7 +13,8 @@ def on_driver_node(actor_class):
     epoch clock) then live exactly as long as the job, and losing a worker node loses neither
     the skip counts nor the epoch (a num_cpus=0 actor may otherwise land on any node)."""
     return actor_class.options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False))
+        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    )
 
 
 def materialize_on_driver_node(dataset: ray.data.Dataset) -> ray.data.MaterializedDataset:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import yaml
 
@@ -84,7 +85,7 @@ class DataConfig:
     @property
     def clip_bytes(self) -> int:
         """Bytes of one decoded clip row's arrays: uint8 frames and float32 audio."""
-        return self.num_frames * self.frame_size ** 2 * 3 + 4 * self.num_samples
+        return self.num_frames * self.frame_size**2 * 3 + 4 * self.num_samples
 
 
 @dataclass(frozen=True)
@@ -126,19 +127,35 @@ class ModelConfig:
 
     def feature_shapes(self) -> dict[str, list[int]]:
         """Per-clip shape of each modality's features, as feature shards record it."""
-        return {name: ([tokens, dim] if tokens else [dim]) for name, tokens, dim in (
-            ("video", self.video_feature_tokens, self.video_feature_dim),
-            ("audio", self.audio_feature_tokens, self.audio_feature_dim))}
+        return {
+            name: ([tokens, dim] if tokens else [dim])
+            for name, tokens, dim in (
+                ("video", self.video_feature_tokens, self.video_feature_dim),
+                ("audio", self.audio_feature_tokens, self.audio_feature_dim),
+            )
+        }
 
     def validate(self) -> None:
-        for name in ("video_width", "video_depth", "audio_width", "audio_depth", "n_mels",
-                     "n_fft", "hop_length", "embed_dim", "fused_dim", "attention_heads"):
+        for name in (
+            "video_width",
+            "video_depth",
+            "audio_width",
+            "audio_depth",
+            "n_mels",
+            "n_fft",
+            "hop_length",
+            "embed_dim",
+            "fused_dim",
+            "attention_heads",
+        ):
             _check(getattr(self, name) >= 1, f"model.{name} must be >= 1")
         _check(0.0 <= self.mask_ratio < 1.0, "model.mask_ratio must be in [0, 1)")
         if self.inputs == "features":
-            _check(self.video_feature_dim >= 1 and self.audio_feature_dim >= 1,
-                   "model.inputs=features needs model.video_feature_dim and model.audio_feature_dim >= 1 "
-                   "(pretrain.py reads them from feature shards)")
+            _check(
+                self.video_feature_dim >= 1 and self.audio_feature_dim >= 1,
+                "model.inputs=features needs model.video_feature_dim and model.audio_feature_dim >= 1 "
+                "(pretrain.py reads them from feature shards)",
+            )
             _check(not self.crop_attend, "model.crop_attend works on clips, not on frozen features")
         _check(
             self.fusion != "cross_attention" or self.fused_dim % self.attention_heads == 0,
@@ -226,8 +243,11 @@ class ObjectivesConfig:
 
     def sections(self) -> dict[str, Any]:
         """Every objective's section, by name."""
-        built_in = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                    if dataclasses.is_dataclass(getattr(self, f.name))}
+        built_in = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if dataclasses.is_dataclass(getattr(self, f.name))
+        }
         return {**built_in, **self.registered}
 
     def enabled(self) -> dict[str, Any]:
@@ -241,17 +261,18 @@ class ObjectivesConfig:
         _check(bool(self.enabled()), f"at least one of objectives.{{{','.join(terms)}}}.weight must be > 0")
         _check(self.infonce.temperature > 0, "objectives.infonce.temperature must be > 0")
         _check(self.fused.temperature > 0, "objectives.fused.temperature must be > 0")
-        _check(0 < self.infonce.min_temperature <= self.infonce.temperature,
-               "objectives.infonce.min_temperature must be in (0, objectives.infonce.temperature]")
+        _check(
+            0 < self.infonce.min_temperature <= self.infonce.temperature,
+            "objectives.infonce.min_temperature must be in (0, objectives.infonce.temperature]",
+        )
         _check(self.xdc.num_clusters >= 2, "objectives.xdc.num_clusters must be >= 2")
         _check(self.xdc.recluster_every_epochs >= 1, "objectives.xdc.recluster_every_epochs must be >= 1")
         _check(self.xdc.kmeans_iters >= 1, "objectives.xdc.kmeans_iters must be >= 1")
-        _check(self.cluster_contrastive.num_clusters >= 2,
-               "objectives.cluster_contrastive.num_clusters must be >= 2")
-        _check(self.cluster_contrastive.temperature > 0,
-               "objectives.cluster_contrastive.temperature must be > 0")
-        _check(self.cluster_contrastive.entropy_weight >= 0,
-               "objectives.cluster_contrastive.entropy_weight must be >= 0")
+        _check(self.cluster_contrastive.num_clusters >= 2, "objectives.cluster_contrastive.num_clusters must be >= 2")
+        _check(self.cluster_contrastive.temperature > 0, "objectives.cluster_contrastive.temperature must be > 0")
+        _check(
+            self.cluster_contrastive.entropy_weight >= 0, "objectives.cluster_contrastive.entropy_weight must be >= 0"
+        )
         _check(self.dcca.top_k is None or self.dcca.top_k >= 1, "objectives.dcca.top_k must be >= 1 or null")
         _check(self.dcca.eps > 0, "objectives.dcca.eps must be > 0")
         _check(0.0 <= self.sdl.momentum < 1.0, "objectives.sdl.momentum must be in [0, 1)")
@@ -300,7 +321,10 @@ class TrainConfig:
         _check(self.grad_clip >= 0, "train.grad_clip must be >= 0 (0 disables clipping)")
         _check(self.num_workers is None or self.num_workers >= 1, "train.num_workers must be >= 1 or null")
         _check(self.cpus_per_worker > 0, "train.cpus_per_worker must be > 0")
-        _check(self.threads_per_worker is None or self.threads_per_worker >= 1, "train.threads_per_worker must be >= 1 or null")
+        _check(
+            self.threads_per_worker is None or self.threads_per_worker >= 1,
+            "train.threads_per_worker must be >= 1 or null",
+        )
         _check(self.max_failures >= -1, "train.max_failures must be >= -1 (-1 = retry forever)")
 
 
@@ -340,15 +364,18 @@ class TuneConfig:
         _check(self.zipf_exponent > 0, "tune.zipf_exponent must be > 0")
         _check(self.cpus_per_trial > 0, "tune.cpus_per_trial must be > 0")
         _check(self.gpus_per_trial >= 0, "tune.gpus_per_trial must be >= 0")
-        _check(self.scheduler not in ("pbt", "pb2") or self.search_alg == "random",
-               f"tune.scheduler={self.scheduler} evolves its own population: use tune.search_alg=random "
-               "(optuna and hyperopt go with the asha or fifo schedulers)")
-
+        _check(
+            self.scheduler not in ("pbt", "pb2") or self.search_alg == "random",
+            f"tune.scheduler={self.scheduler} evolves its own population: use tune.search_alg=random "
+            "(optuna and hyperopt go with the asha or fifo schedulers)",
+        )
 
 
 def _check_range(name: str, bounds: tuple[float, ...], low: float, high: float) -> None:
-    _check(len(bounds) == 2 and low <= bounds[0] <= bounds[1] <= high,
-           f"{name} must be two numbers [min, max] with {low:g} <= min <= max <= {high:g}")
+    _check(
+        len(bounds) == 2 and low <= bounds[0] <= bounds[1] <= high,
+        f"{name} must be two numbers [min, max] with {low:g} <= min <= max <= {high:g}",
+    )
 
 
 def _check_probability(name: str, value: float) -> None:
@@ -469,8 +496,10 @@ class FrozenVideoConfig:
     def validate(self) -> None:
         _check_architecture("frozen.video", self.architecture, ("avray", "torchvision:"))
         _check(self.frame_size is None or self.frame_size >= 1, "frozen.video.frame_size must be >= 1 or null")
-        _check(len(self.mean) == 3 and len(self.std) == 3 and all(v > 0 for v in self.std),
-               "frozen.video.mean and frozen.video.std need 3 values each (std > 0)")
+        _check(
+            len(self.mean) == 3 and len(self.std) == 3 and all(v > 0 for v in self.std),
+            "frozen.video.mean and frozen.video.std need 3 values each (std > 0)",
+        )
 
 
 @dataclass(frozen=True)
@@ -491,8 +520,10 @@ class FrozenAudioConfig:
 
     def validate(self) -> None:
         _check_architecture("frozen.audio", self.architecture, ("avray", "torchaudio:"))
-        _check(self.n_mels >= 1 and self.n_fft >= 2 and self.hop_length >= 1,
-               "frozen.audio.n_mels, n_fft and hop_length must be positive")
+        _check(
+            self.n_mels >= 1 and self.n_fft >= 2 and self.hop_length >= 1,
+            "frozen.audio.n_mels, n_fft and hop_length must be positive",
+        )
 
 
 @dataclass(frozen=True)
@@ -513,9 +544,12 @@ class FrozenConfig:
 
 
 def _check_architecture(section: str, architecture: str | None, prefixes: tuple[str, ...]) -> None:
-    _check(architecture is None or architecture == "avray" or
-           any(architecture.startswith(p) and len(architecture) > len(p) for p in prefixes if p.endswith(":")),
-           f"{section}.architecture must be null (TorchScript), avray, or {prefixes[1]}<name>; got {architecture!r}")
+    _check(
+        architecture is None
+        or architecture == "avray"
+        or any(architecture.startswith(p) and len(architecture) > len(p) for p in prefixes if p.endswith(":")),
+        f"{section}.architecture must be null (TorchScript), avray, or {prefixes[1]}<name>; got {architecture!r}",
+    )
 
 
 @dataclass(frozen=True)
@@ -539,7 +573,7 @@ class Config:
     frozen: FrozenConfig = field(default_factory=FrozenConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
             if hasattr(section, "validate"):
@@ -650,8 +684,11 @@ def register_objective_section(name: str, section: type) -> None:
 def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
     if cls is ObjectivesConfig:
         values = dict(values)
-        registered = {name: _build(_OBJECTIVE_SECTIONS[name], values.pop(name), f"{prefix}.{name}")
-                      for name in list(values) if name in _OBJECTIVE_SECTIONS}
+        registered = {
+            name: _build(_OBJECTIVE_SECTIONS[name], values.pop(name), f"{prefix}.{name}")
+            for name in list(values)
+            if name in _OBJECTIVE_SECTIONS
+        }
         values["registered"] = registered
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -664,7 +701,8 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
             f"{prefix or 'the top level'}: {', '.join(sorted(valid))}"
         )
     kwargs = {
-        name: value if name == "registered" and cls is ObjectivesConfig
+        name: value
+        if name == "registered" and cls is ObjectivesConfig
         else _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
         for name, value in values.items()
     }

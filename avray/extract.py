@@ -13,7 +13,7 @@ read them like clips: the model becomes heads + fusion (:class:`avray.models.Fea
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -22,9 +22,8 @@ from avray.cluster import inference_pool
 from avray.config import Config, config_from_dict
 from avray.data.labels import label_column
 from avray.data.pipeline import load_clips
-from avray.data.shards import Clips, count_prepared, write_prepared
 from avray.data.report import SkipReport
-from avray.data.shards import FEATURES_KIND, DataSource
+from avray.data.shards import FEATURES_KIND, Clips, DataSource, count_prepared, write_prepared
 from avray.models.frozen import build_frozen_encoders
 
 
@@ -60,22 +59,26 @@ def feature_shapes(cfg: Config) -> dict[str, list[int]]:
     return shapes
 
 
-def extract_features(data: str | DataSource, output: str, cfg: Config, progress: Callable[[str], None] = print,
-                     actors: int | None = None) -> SkipReport:
+def extract_features(
+    data: str | DataSource, output: str, cfg: Config, progress: Callable[[str], None] = print, actors: int | None = None
+) -> SkipReport:
     """Write the frozen encoders' features of every clip of ``data`` as feature shards in ``output``."""
     start = time.perf_counter()
     shapes = feature_shapes(cfg)
     progress(f"frozen encoders load; features per clip: video {shapes['video']}, audio {shapes['audio']}")
     clips = load_clips(data, cfg.data)
     features = clips.dataset.map_batches(
-        ExtractFeatures, fn_constructor_kwargs={"config": cfg.to_dict()}, batch_size=cfg.frozen.batch_size,
-        batch_format="numpy", zero_copy_batch=False, **inference_pool(actors),
+        ExtractFeatures,
+        fn_constructor_kwargs={"config": cfg.to_dict()},
+        batch_size=cfg.frozen.batch_size,
+        batch_format="numpy",
+        zero_copy_batch=False,
+        **inference_pool(actors),
     )
-    report = write_prepared(Clips(features, clips.index, clips.skip_log), output, cfg.data,
-                            extra={"kind": FEATURES_KIND, "shapes": shapes})
+    report = write_prepared(
+        Clips(features, clips.index, clips.skip_log), output, cfg.data, extra={"kind": FEATURES_KIND, "shapes": shapes}
+    )
     written, seconds = count_prepared(output, cfg.data), time.perf_counter() - start
     progress(f"wrote features of {written} clips to {output} in {seconds:.1f} s ({written / seconds:.1f} clips/s)")
     progress(report.summary())
     return report
-
-

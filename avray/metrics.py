@@ -94,8 +94,9 @@ def _linear_classifier(kind: str, seed: int):
     raise ValueError(f"classifier must be 'logistic' or 'svm', got {kind!r}")
 
 
-def linear_probe(x: np.ndarray, labels: np.ndarray, groups: np.ndarray, classifier: str = "logistic",
-                 folds: int = 5, seed: int = 0) -> ProbeResult:
+def linear_probe(
+    x: np.ndarray, labels: np.ndarray, groups: np.ndarray, classifier: str = "logistic", folds: int = 5, seed: int = 0
+) -> ProbeResult:
     """Linear-probe accuracy of frozen embeddings ``x`` [N, D] for ``labels`` [N].
 
     The standard linear evaluation protocol of self-supervised learning (e.g. SimCLR, Chen et
@@ -147,8 +148,9 @@ def recall_at(ranks: np.ndarray, k: int) -> float:
     return float((np.asarray(ranks) <= k).mean())
 
 
-def class_mean_average_precision(query: np.ndarray, gallery: np.ndarray, query_labels: np.ndarray,
-                                 gallery_labels: np.ndarray) -> float:
+def class_mean_average_precision(
+    query: np.ndarray, gallery: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray
+) -> float:
     """Mean over queries of the average precision of ranking the gallery by cosine similarity,
     where every gallery item with the query's label is relevant (the query's own pair included).
 
@@ -173,8 +175,13 @@ def class_mean_average_precision(query: np.ndarray, gallery: np.ndarray, query_l
     return total / len(q)
 
 
-def retrieval(query: np.ndarray, gallery: np.ndarray, query_labels: np.ndarray | None = None,
-              gallery_labels: np.ndarray | None = None, ks: tuple[int, ...] = RECALL_AT) -> dict[str, float]:
+def retrieval(
+    query: np.ndarray,
+    gallery: np.ndarray,
+    query_labels: np.ndarray | None = None,
+    gallery_labels: np.ndarray | None = None,
+    ks: tuple[int, ...] = RECALL_AT,
+) -> dict[str, float]:
     """Cross-modal retrieval scores of paired ``query`` [N, D] and ``gallery`` [N, D].
 
     Instance level (query i's match is gallery i): ``recall@k`` for each k in ``ks`` and
@@ -201,8 +208,10 @@ def clustering(x: np.ndarray, labels: np.ndarray, k: int | None = None, seed: in
     labels = np.asarray(labels)
     k = k or len(np.unique(labels))
     clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(l2_normalize(np.asarray(x, np.float64)))
-    return {"nmi": float(normalized_mutual_info_score(labels, clusters)),
-            "ari": float(adjusted_rand_score(labels, clusters))}
+    return {
+        "nmi": float(normalized_mutual_info_score(labels, clusters)),
+        "ari": float(adjusted_rand_score(labels, clusters)),
+    }
 
 
 def alignment(x: np.ndarray, y: np.ndarray, alpha: float = 2.0) -> float:

@@ -41,8 +41,9 @@ class PreflightError(ValueError):
     """Something outside the config keeps the job from starting; the message says what to fix."""
 
 
-def check_job(cfg: Config, *, data: str | None = None, output: str | None = None,
-              track: bool = False) -> DataSource | None:
+def check_job(
+    cfg: Config, *, data: str | None = None, output: str | None = None, track: bool = False
+) -> DataSource | None:
     """What a job needs before it starts: its model config, its data source, its output
     location and, for a job that logs to MLflow (``track``), the tracking server. Returns the
     data source resolved (what the job then reads), or None without ``data``."""
@@ -91,15 +92,21 @@ def _s3_file_info(uri: str, fs: pafs.S3FileSystem, path: str) -> pafs.FileInfo:
     """``path`` (``bucket/key``) as the endpoint of ``fs`` sees it, asked without pyarrow's long
     retries; an endpoint that does not answer, refused credentials and a missing bucket are
     each a PreflightError naming the endpoint. ``uri`` is what the user wrote."""
-    quick = pafs.S3FileSystem(**{
-        **_s3_options(fs), "connect_timeout": S3_CONNECT_TIMEOUT_S, "request_timeout": S3_REQUEST_TIMEOUT_S,
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS)})
+    quick = pafs.S3FileSystem(
+        **{
+            **_s3_options(fs),
+            "connect_timeout": S3_CONNECT_TIMEOUT_S,
+            "request_timeout": S3_REQUEST_TIMEOUT_S,
+            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS),
+        }
+    )
     bucket = path.split("/", 1)[0]
     try:
         info = quick.get_file_info(path)
         if info.type == pafs.FileType.NotFound and quick.get_file_info(bucket).type == pafs.FileType.NotFound:
-            raise PreflightError(f"bucket {bucket!r} does not exist at the S3 endpoint {_s3_endpoint(fs)}: "
-                                 f"create it, or fix {uri}")
+            raise PreflightError(
+                f"bucket {bucket!r} does not exist at the S3 endpoint {_s3_endpoint(fs)}: create it, or fix {uri}"
+            )
     except OSError as err:
         raise PreflightError(_s3_failure(uri, _s3_endpoint(fs), err)) from None
     return info
@@ -123,11 +130,15 @@ def _s3_failure(uri: str, endpoint: str, err: OSError) -> str:
     # pyarrow's message: "When getting information for key ... in bucket ...: AWS Error ...".
     detail = " ".join(str(err).split(": ", 1)[-1].split())
     if any(word in detail for word in S3_UNREACHABLE):
-        return (f"cannot reach the S3 endpoint {endpoint} for {uri} ({detail}): start it, or set "
-                "AWS_ENDPOINT_URL or data.endpoint_override to the endpoint that serves the bucket")
+        return (
+            f"cannot reach the S3 endpoint {endpoint} for {uri} ({detail}): start it, or set "
+            "AWS_ENDPOINT_URL or data.endpoint_override to the endpoint that serves the bucket"
+        )
     if any(word in detail for word in S3_REFUSED):
-        return (f"the S3 endpoint {endpoint} refused the credentials for {uri} ({detail}): check "
-                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and the bucket's permissions")
+        return (
+            f"the S3 endpoint {endpoint} refused the credentials for {uri} ({detail}): check "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and the bucket's permissions"
+        )
     return f"the S3 endpoint {endpoint} cannot serve {uri}: {detail}"
 
 
@@ -139,8 +150,9 @@ def check_tracking_server(uri: str) -> None:
     parts = urlsplit(uri)
     if parts.scheme not in ("http", "https"):
         return
-    health = urlunsplit(urlsplit(without_userinfo(uri))._replace(path=parts.path.rstrip("/") + "/health",
-                                                                  query="", fragment=""))
+    health = urlunsplit(
+        urlsplit(without_userinfo(uri))._replace(path=parts.path.rstrip("/") + "/health", query="", fragment="")
+    )
     try:
         with urllib.request.urlopen(health, timeout=MLFLOW_TIMEOUT_S):
             return
@@ -157,7 +169,8 @@ def check_tracking_server(uri: str) -> None:
         reason = str(err)
     raise PreflightError(
         f"MLflow tracking server {without_userinfo(uri)} does not answer ({reason}): start it, or fix "
-        "tracking.tracking_uri / MLFLOW_TRACKING_URI (unset both to log to a sqlite file in the output folder)")
+        "tracking.tracking_uri / MLFLOW_TRACKING_URI (unset both to log to a sqlite file in the output folder)"
+    )
 
 
 def without_userinfo(uri: str) -> str:

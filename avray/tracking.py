@@ -18,8 +18,9 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from avray.config import Config, TrackingConfig
 from avray.storage import is_remote
@@ -33,8 +34,11 @@ MASK = "***"
 _URI_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):([^/\s]*)@")
 # Names of settings that hold secrets, as whole words of a dotted/underscored name: "token"
 # and "api_key" are secrets, "tokens" (a count) and "output_key" (a dict key) are not.
-_SECRET_NAME = re.compile(r"(?:^|[._-])(?:password|passwd|secret|token|credentials?|(?:api|access|secret|private)_?key)"
-                          r"(?:$|[._-])", re.IGNORECASE)
+_SECRET_NAME = re.compile(
+    r"(?:^|[._-])(?:password|passwd|secret|token|credentials?|(?:api|access|secret|private)_?key)"
+    r"(?:$|[._-])",
+    re.IGNORECASE,
+)
 
 
 def redact(text: str) -> str:
@@ -80,13 +84,19 @@ def tracking_uri(cfg: TrackingConfig, output: str) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     if cfg.tracking_uri:
-        logger.warning("tracking.tracking_uri %s has its password masked (a checkpoint's config never holds it): "
-                       "set MLFLOW_TRACKING_URI or --set tracking.tracking_uri=... with the password", cfg.tracking_uri)
+        logger.warning(
+            "tracking.tracking_uri %s has its password masked (a checkpoint's config never holds it): "
+            "set MLFLOW_TRACKING_URI or --set tracking.tracking_uri=... with the password",
+            cfg.tracking_uri,
+        )
         return cfg.tracking_uri
     if is_remote(output):
         # sqlite cannot live on object storage; on a cluster the working dir is a temporary copy.
-        logger.warning("output %s is remote and no MLflow tracking URI is set: logging to ./mlflow.db, "
-                       "which a Ray job's temporary working dir loses; set MLFLOW_TRACKING_URI", output)
+        logger.warning(
+            "output %s is remote and no MLflow tracking URI is set: logging to ./mlflow.db, "
+            "which a Ray job's temporary working dir loses; set MLFLOW_TRACKING_URI",
+            output,
+        )
         return f"sqlite:///{Path('mlflow.db').resolve()}"
     return f"sqlite:///{Path(output).resolve() / 'mlflow.db'}"
 
@@ -111,7 +121,7 @@ def artifact_location(uri: str) -> str | None:
     default, ./mlruns in whatever folder the job started in, scatters them), else the
     server's choice."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+        return (Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
     return None
 
 
@@ -122,8 +132,14 @@ class TrackingError(RuntimeError):
 class Tracker:
     """A resilient handle on one MLflow run (created, or resumed by id)."""
 
-    def __init__(self, uri: str, experiment: str, run_id: str | None = None, run_name: str | None = None,
-                 tags: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_id: str | None = None,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ):
         import mlflow
 
         uri = with_login(uri)
@@ -135,8 +151,11 @@ class Tracker:
         if run_id is None:
             try:
                 exp = self.client.get_experiment_by_name(experiment)
-                exp_id = exp.experiment_id if exp else \
-                    self.client.create_experiment(experiment, artifact_location=artifact_location(uri))
+                exp_id = (
+                    exp.experiment_id
+                    if exp
+                    else self.client.create_experiment(experiment, artifact_location=artifact_location(uri))
+                )
                 run_id = self.client.create_run(exp_id, run_name=run_name, tags=redact_params(tags or {})).info.run_id
             except Exception as err:  # noqa: BLE001 - MLflow's errors quote the request URL, password included
                 raise TrackingError(redact(str(err))) from None
@@ -162,8 +181,12 @@ class Tracker:
             except Exception as err:  # noqa: BLE001 - any tracking failure must not stop training
                 if not self.warned:
                     # MLflow's errors quote the request URL, password included.
-                    logger.warning("MLflow at %s unavailable (%s); buffering %d call(s) and training on",
-                                   redact(self.uri), redact(str(err)), len(self.pending))
+                    logger.warning(
+                        "MLflow at %s unavailable (%s); buffering %d call(s) and training on",
+                        redact(self.uri),
+                        redact(str(err)),
+                        len(self.pending),
+                    )
                     self.warned = True
                 return False
             self.pending.pop(0)
@@ -208,8 +231,13 @@ def start_job_run(cfg: Config, output: str, job: str = "pretrain") -> Tracker:
     uri = tracking_uri(cfg.tracking, output)
     id_file = Path(output) / RUN_ID_FILE if not is_remote(output) else None
     run_id = id_file.read_text().strip() if id_file and id_file.exists() else None
-    tracker = Tracker(uri, cfg.tracking.experiment, run_id=run_id,
-                      run_name=cfg.tracking.run_name or Path(output).name, tags={"avray.job": job})
+    tracker = Tracker(
+        uri,
+        cfg.tracking.experiment,
+        run_id=run_id,
+        run_name=cfg.tracking.run_name or Path(output).name,
+        tags={"avray.job": job},
+    )
     if id_file is not None:
         id_file.parent.mkdir(parents=True, exist_ok=True)
         id_file.write_text(tracker.run_id)

@@ -62,7 +62,9 @@ def own_cluster(head_cpus: float, *node_cpus: float, **head_args):
 
     was_local = ray.is_initialized()
     ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": True, **head_args})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": True, **head_args}
+    )
     try:
         for cpus in node_cpus:
             cluster.add_node(num_cpus=cpus)

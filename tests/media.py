@@ -121,9 +121,7 @@ def make_bad_inputs(directory: str | Path) -> dict[str, str]:
     (directory / "empty.mp4").write_bytes(b"")
     cases["empty.mp4"] = EMPTY
 
-    (directory / "notes.mkv").write_text(
-        "These are my notes about the holiday, not a video.\n" * 40, encoding="utf-8"
-    )
+    (directory / "notes.mkv").write_text("These are my notes about the holiday, not a video.\n" * 40, encoding="utf-8")
     cases["notes.mkv"] = UNREADABLE
 
     write_media(directory / "audio_only.mp4", audio=tone(3.0, 16000, seed=5), sample_rate=16000)
@@ -157,8 +155,16 @@ def make_odd_good_inputs(directory: str | Path, seconds: float = 3.0) -> dict[st
     }
     out = {}
     for i, (name, (fps, size, rate, channels, has_audio)) in enumerate(cases.items()):
-        written = make_good_video(directory / name, seconds=seconds, fps=fps, size=size, sample_rate=rate,
-                                  audio=has_audio, seed=100 + i, channels=channels)
+        written = make_good_video(
+            directory / name,
+            seconds=seconds,
+            fps=fps,
+            size=size,
+            sample_rate=rate,
+            audio=has_audio,
+            seed=100 + i,
+            channels=channels,
+        )
         out[name] = {
             "width": written.width,
             "height": written.height,
@@ -186,7 +192,7 @@ DECODE_ERROR = "decode_error"
 HOSTILE_STEMS = (
     "$(touch pwned_by_name)",
     "a;b|c&d>e<f",
-    "it's \"quoted\" `touch pwned_by_name` *?[x]",
+    'it\'s "quoted" `touch pwned_by_name` *?[x]',
     "-rf --no-preserve-root",
     "new\nline\ttab",
     "vidéo 日本語 ✓",
@@ -205,7 +211,9 @@ TRUNCATIONS = {
 }
 
 
-def make_hostile_corpus(directory: str | Path, clips_per_video: int, seed: int = 0) -> tuple[dict[str, int], dict[str, str]]:
+def make_hostile_corpus(
+    directory: str | Path, clips_per_video: int, seed: int = 0
+) -> tuple[dict[str, int], dict[str, str]]:
     """A folder of 77 files and entries to report (one partly decodable) among 21 good 64x64, 3-s videos.
 
     Returns ``(good, bad)``, both keyed by path relative to ``directory`` (as the listing
@@ -219,9 +227,17 @@ def make_hostile_corpus(directory: str | Path, clips_per_video: int, seed: int =
     """
     assert clips_per_video >= 2, "the partly decodable file expects its first clip only"
     corpus = _HostileCorpus(Path(directory), clips_per_video, seed)
-    for build in (corpus.good_videos, corpus.random_bytes, corpus.truncated, corpus.corrupted,
-                  corpus.absurd_headers, corpus.no_video, corpus.many_streams, corpus.odd_files,
-                  corpus.odd_entries):
+    for build in (
+        corpus.good_videos,
+        corpus.random_bytes,
+        corpus.truncated,
+        corpus.corrupted,
+        corpus.absurd_headers,
+        corpus.no_video,
+        corpus.many_streams,
+        corpus.odd_files,
+        corpus.odd_entries,
+    ):
         build()
     return corpus.good, corpus.bad
 
@@ -271,14 +287,22 @@ class _HostileCorpus:
 
     def random_bytes(self) -> None:
         """Noise of many sizes under every extension, bare or behind the container's magic bytes."""
-        magic = {".mp4": b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41", ".mkv": b"\x1a\x45\xdf\xa3",
-                 ".webm": b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\x82\x84webm", ".mov": b"\x00\x00\x00\x14ftypqt  ",
-                 ".avi": b"RIFF\x00\x10\x00\x00AVI LIST"}
+        magic = {
+            ".mp4": b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41",
+            ".mkv": b"\x1a\x45\xdf\xa3",
+            ".webm": b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\x82\x84webm",
+            ".mov": b"\x00\x00\x00\x14ftypqt  ",
+            ".avi": b"RIFF\x00\x10\x00\x00AVI LIST",
+        }
         for ext, head in magic.items():
             for size in (1, 777, 65_536):
                 self.write(f"noise/{size} random bytes{ext}", self.rng.bytes(size), UNREADABLE)
             # RIFF/AVI with noise for a header parses as an AVI holding no stream at all.
-            self.write(f"noise/magic then noise{ext}", head + self.rng.bytes(5000), NO_VIDEO_STREAM if ext == ".avi" else UNREADABLE)
+            self.write(
+                f"noise/magic then noise{ext}",
+                head + self.rng.bytes(5000),
+                NO_VIDEO_STREAM if ext == ".avi" else UNREADABLE,
+            )
         self.write("noise/" + HOSTILE_STEMS[2] + ".mp4", self.rng.bytes(300_000), UNREADABLE)
 
     def truncated(self) -> None:
@@ -319,13 +343,29 @@ class _HostileCorpus:
         patches = {
             # FFmpeg takes H.264's size from its parameter sets and durations from the sample
             # table: these lies change nothing, the files are good.
-            "65535x65535 in avc1 and tkhd.mp4": (None, [(b"avc1", 0, 32, ">H", 65535), (b"avc1", 0, 34, ">H", 65535),
-                                                        (b"tkhd", 0, 84, ">I", 65535 << 16), (b"tkhd", 0, 88, ">I", 65535 << 16)]),
-            "136 years in mvhd mdhd tkhd.mp4": (None, [(b"mvhd", 0, 24, ">I", 2**32 - 1), (b"mdhd", 0, 24, ">I", 2**32 - 1),
-                                                       (b"mdhd", 1, 24, ">I", 2**32 - 1), (b"tkhd", 0, 28, ">I", 2**32 - 1)]),
+            "65535x65535 in avc1 and tkhd.mp4": (
+                None,
+                [
+                    (b"avc1", 0, 32, ">H", 65535),
+                    (b"avc1", 0, 34, ">H", 65535),
+                    (b"tkhd", 0, 84, ">I", 65535 << 16),
+                    (b"tkhd", 0, 88, ">I", 65535 << 16),
+                ],
+            ),
+            "136 years in mvhd mdhd tkhd.mp4": (
+                None,
+                [
+                    (b"mvhd", 0, 24, ">I", 2**32 - 1),
+                    (b"mdhd", 0, 24, ">I", 2**32 - 1),
+                    (b"mdhd", 1, 24, ">I", 2**32 - 1),
+                    (b"tkhd", 0, 28, ">I", 2**32 - 1),
+                ],
+            ),
             "zero video timescale.mp4": (UNSUPPORTED, [(b"mdhd", 0, 20, ">I", 0)]),
-            "zero timescales everywhere.mp4": (UNSUPPORTED, [(b"mvhd", 0, 20, ">I", 0), (b"mdhd", 0, 20, ">I", 0),
-                                                             (b"mdhd", 1, 20, ">I", 0)]),
+            "zero timescales everywhere.mp4": (
+                UNSUPPORTED,
+                [(b"mvhd", 0, 20, ">I", 0), (b"mdhd", 0, 20, ">I", 0), (b"mdhd", 1, 20, ">I", 0)],
+            ),
             "zero frame durations.mp4": (DECODE_ERROR, [(b"stts", 0, 20, ">I", 0)]),
             "2 GB samples.mp4": (DECODE_ERROR, [(b"stsz", 0, 20 + 4 * i, ">I", 2**31 - 1) for i in range(8)]),
             "chunk offsets past the end.mp4": (DECODE_ERROR, [(b"stco", 0, 16, ">I", 2**31 - 16)]),
@@ -358,8 +398,9 @@ class _HostileCorpus:
         """A 16x16 uncompressed AVI: the header's frame size is the only size it has."""
         path = self.root / "absurd/16x16 raw.avi"
         path.parent.mkdir(parents=True, exist_ok=True)
-        make_good_video(path, seconds=3.0, fps=12, size=16, sample_rate=16000, audio=False, seed=self.seed,
-                        video_codec="rawvideo")
+        make_good_video(
+            path, seconds=3.0, fps=12, size=16, sample_rate=16000, audio=False, seed=self.seed, video_codec="rawvideo"
+        )
         self.expect("absurd/16x16 raw.avi", None)
         return path.read_bytes()
 
@@ -382,7 +423,9 @@ class _HostileCorpus:
         self.write(HOSTILE_STEMS[1] + " empty.webm", b"", EMPTY)
         self.write("notes.mkv", b"These are my holiday notes, not a video.\n" * 40, UNREADABLE)
         self.write(HOSTILE_STEMS[0] + " script.mp4", b"#!/bin/sh\ntouch pwned_by_content\n", UNREADABLE)
-        make_good_video(self.root / "half a second.mp4", seconds=0.5, fps=12, size=64, sample_rate=16000, seed=self.seed)
+        make_good_video(
+            self.root / "half a second.mp4", seconds=0.5, fps=12, size=64, sample_rate=16000, seed=self.seed
+        )
         self.expect("half a second.mp4", TOO_SHORT)
 
     def odd_entries(self) -> None:
@@ -481,7 +524,9 @@ def _write_with_cover_art(path: Path, audio: np.ndarray, sample_rate: int = 1600
     cover.width = cover.height = 64
     cover.pix_fmt = "yuvj420p"
     cover.disposition = av.stream.Disposition.attached_pic
-    picture = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 128, np.uint8), format="rgb24").reformat(format="yuvj420p")
+    picture = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 128, np.uint8), format="rgb24").reformat(
+        format="yuvj420p"
+    )
     picture.pts = 0
     container.mux(cover.encode(picture) + cover.encode(None))
     for start in range(0, len(audio), 1024):
@@ -506,8 +551,12 @@ def make_slow_video(path: str | Path, seconds: float = 10.0, fps: int = 240, key
     gradient = np.broadcast_to(np.linspace(0, 255, height, dtype=np.float32)[:, None, None], (height, width, 3))
     with tempfile.TemporaryDirectory() as scratch:
         segment = Path(scratch) / "segment.mp4"
-        write_media(segment, frames=np.broadcast_to(gradient.astype(np.uint8), (keyframe_every, height, width, 3)),
-                    fps=fps, video_options={"g": str(keyframe_every)})
+        write_media(
+            segment,
+            frames=np.broadcast_to(gradient.astype(np.uint8), (keyframe_every, height, width, 3)),
+            fps=fps,
+            video_options={"g": str(keyframe_every)},
+        )
         source = av.open(str(segment))
         template = source.streams.video[0]
         packets = [packet for packet in source.demux(template) if packet.size]

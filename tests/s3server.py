@@ -14,9 +14,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import boto3
 
@@ -77,21 +77,44 @@ def weed_binary() -> str:
 
 
 @contextlib.contextmanager
-def seaweedfs(workdir: Path, access_key: str = "AKIAAVRAYTEST", secret_key: str = "avray-test-secret") -> Iterator[S3Server]:
+def seaweedfs(
+    workdir: Path, access_key: str = "AKIAAVRAYTEST", secret_key: str = "avray-test-secret"
+) -> Iterator[S3Server]:
     workdir.mkdir(parents=True, exist_ok=True)
     identities = workdir / "identities.json"
-    identities.write_text(json.dumps({"identities": [{
-        "name": "avray-tests",
-        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }]}))
+    identities.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "avray-tests",
+                        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
     base = _free_port_block()
     ports = {
-        "s3.port": base, "master.port": base + 1, "volume.port": base + 2, "filer.port": base + 3,
-        "webdav.port": base + 4, "admin.port": base + 5, "metricsPort": base + 6, "s3.port.iceberg": base + 7,
+        "s3.port": base,
+        "master.port": base + 1,
+        "volume.port": base + 2,
+        "filer.port": base + 3,
+        "webdav.port": base + 4,
+        "admin.port": base + 5,
+        "metricsPort": base + 6,
+        "s3.port.iceberg": base + 7,
     }
-    cmd = [weed_binary(), "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-           f"-s3.config={identities}", *(f"-{k}={v}" for k, v in ports.items())]
+    cmd = [
+        weed_binary(),
+        "mini",
+        f"-dir={workdir / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-s3.config={identities}",
+        *(f"-{k}={v}" for k, v in ports.items()),
+    ]
     log = open(workdir / "weed.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True)
     server = S3Server(f"http://127.0.0.1:{base}", access_key, secret_key)

@@ -64,8 +64,12 @@ class Scene:
 
     def dead_s3_endpoint(self) -> str:
         endpoint = f"http://127.0.0.1:{closed_port()}"
-        self.setenv(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="AKIAPREFLIGHT", AWS_SECRET_ACCESS_KEY="s3-secret",
-                    AWS_REGION="us-east-1")
+        self.setenv(
+            AWS_ENDPOINT_URL=endpoint,
+            AWS_ACCESS_KEY_ID="AKIAPREFLIGHT",
+            AWS_SECRET_ACCESS_KEY="s3-secret",
+            AWS_REGION="us-east-1",
+        )
         return endpoint
 
     def s3_server(self):
@@ -82,7 +86,10 @@ class Scene:
 # Each fault: the workflow, and a function of the Scene giving its arguments (without --output:
 # every run writes to Scene.output) and the words the one line must hold.
 def unknown_key(s):
-    return ["--data", s.videos, "--set", "train.epochz=3"], ["unknown config key train.epochz", "valid keys under train"]
+    return ["--data", s.videos, "--set", "train.epochz=3"], [
+        "unknown config key train.epochz",
+        "valid keys under train",
+    ]
 
 
 def wrong_type(s):
@@ -90,8 +97,10 @@ def wrong_type(s):
 
 
 def list_for_a_number(s):
-    return (["--data", s.videos, "--config", s.file("c.yaml", "train:\n  lr: [0.1, 0.2]\n")],
-            ["train.lr must be a number, got [0.1, 0.2]"])
+    return (
+        ["--data", s.videos, "--config", s.file("c.yaml", "train:\n  lr: [0.1, 0.2]\n")],
+        ["train.lr must be a number, got [0.1, 0.2]"],
+    )
 
 
 def bad_yaml(s):
@@ -100,8 +109,10 @@ def bad_yaml(s):
 
 
 def missing_config(s):
-    return (["--data", s.videos, "--config", str(s.tmp / "nope.yaml")],
-            [f"config file {s.tmp / 'nope.yaml'} does not exist"])
+    return (
+        ["--data", s.videos, "--config", str(s.tmp / "nope.yaml")],
+        [f"config file {s.tmp / 'nope.yaml'} does not exist"],
+    )
 
 
 def missing_data(s):
@@ -109,7 +120,9 @@ def missing_data(s):
 
 
 def empty_data_folder(s):
-    return ["--data", s.folder("empty", {})], [f"no videos with extensions .mp4, .mkv, .webm, .avi, .mov under '{s.tmp / 'empty'}'"]
+    return ["--data", s.folder("empty", {})], [
+        f"no videos with extensions .mp4, .mkv, .webm, .avi, .mov under '{s.tmp / 'empty'}'"
+    ]
 
 
 def empty_manifest(s):
@@ -119,34 +132,48 @@ def empty_manifest(s):
 
 def unreachable_s3(s):
     endpoint = s.dead_s3_endpoint()
-    return (["--data", "s3://corpus/videos"],
-            [f"cannot reach the S3 endpoint {endpoint} for s3://corpus/videos", "AWS_ENDPOINT_URL", "data.endpoint_override"])
+    return (
+        ["--data", "s3://corpus/videos"],
+        [
+            f"cannot reach the S3 endpoint {endpoint} for s3://corpus/videos",
+            "AWS_ENDPOINT_URL",
+            "data.endpoint_override",
+        ],
+    )
 
 
 def unreachable_s3_output(s):
     endpoint = s.dead_s3_endpoint()
-    return (["--data", s.videos, "--output", "s3://clips/prepared"],
-            [f"cannot reach the S3 endpoint {endpoint} for s3://clips/prepared"])
+    return (
+        ["--data", s.videos, "--output", "s3://clips/prepared"],
+        [f"cannot reach the S3 endpoint {endpoint} for s3://clips/prepared"],
+    )
 
 
 def s3_wrong_credentials(s):
     server = s.s3_server()
     s.setenv(AWS_SECRET_ACCESS_KEY="wrong-s3-secret")
-    return (["--data", "s3://corpus/videos"],
-            [f"the S3 endpoint {server.endpoint} refused the credentials for s3://corpus/videos", "AWS_SECRET_ACCESS_KEY"])
+    return (
+        ["--data", "s3://corpus/videos"],
+        [f"the S3 endpoint {server.endpoint} refused the credentials for s3://corpus/videos", "AWS_SECRET_ACCESS_KEY"],
+    )
 
 
 def s3_missing_bucket_output(s):
     server = s.s3_server()
-    return (["--checkpoint", s.checkpoint, "--data", s.videos, "--output", "s3://no-such-bucket/embeddings"],
-            [f"bucket 'no-such-bucket' does not exist at the S3 endpoint {server.endpoint}"])
+    return (
+        ["--checkpoint", s.checkpoint, "--data", s.videos, "--output", "s3://no-such-bucket/embeddings"],
+        [f"bucket 'no-such-bucket' does not exist at the S3 endpoint {server.endpoint}"],
+    )
 
 
 def unreachable_mlflow(s):
     port = closed_port()
     s.setenv(MLFLOW_TRACKING_URI=f"http://avray:mlflow-secret@127.0.0.1:{port}")
-    return (["--data", s.videos],
-            [f"MLflow tracking server http://127.0.0.1:{port} does not answer", "MLFLOW_TRACKING_URI"])
+    return (
+        ["--data", s.videos],
+        [f"MLflow tracking server http://127.0.0.1:{port} does not answer", "MLFLOW_TRACKING_URI"],
+    )
 
 
 def output_is_a_file(s):
@@ -155,8 +182,10 @@ def output_is_a_file(s):
 
 
 def unknown_scheduler(s):
-    return (["--data", s.videos, "--set", "tune.scheduler=evolve"],
-            ["tune.scheduler must be one of 'pbt', 'pb2', 'asha', 'fifo'; got 'evolve'"])
+    return (
+        ["--data", s.videos, "--set", "tune.scheduler=evolve"],
+        ["tune.scheduler must be one of 'pbt', 'pb2', 'asha', 'fifo'; got 'evolve'"],
+    )
 
 
 def evaluate_missing_data(s):
@@ -165,8 +194,10 @@ def evaluate_missing_data(s):
 
 def evaluate_unreachable_mlflow(s):
     port = closed_port()
-    return (["--checkpoint", s.checkpoint, "--data", s.videos, "--set", f"tracking.tracking_uri=http://127.0.0.1:{port}"],
-            [f"MLflow tracking server http://127.0.0.1:{port} does not answer"])
+    return (
+        ["--checkpoint", s.checkpoint, "--data", s.videos, "--set", f"tracking.tracking_uri=http://127.0.0.1:{port}"],
+        [f"MLflow tracking server http://127.0.0.1:{port} does not answer"],
+    )
 
 
 def demo_unreachable_mlflow(s):
@@ -175,9 +206,23 @@ def demo_unreachable_mlflow(s):
 
 
 FAULTS = [
-    *(("pretrain.py", fault) for fault in (
-        unknown_key, wrong_type, list_for_a_number, bad_yaml, missing_config, missing_data, empty_data_folder,
-        empty_manifest, unreachable_s3, s3_wrong_credentials, unreachable_mlflow, output_is_a_file)),
+    *(
+        ("pretrain.py", fault)
+        for fault in (
+            unknown_key,
+            wrong_type,
+            list_for_a_number,
+            bad_yaml,
+            missing_config,
+            missing_data,
+            empty_data_folder,
+            empty_manifest,
+            unreachable_s3,
+            s3_wrong_credentials,
+            unreachable_mlflow,
+            output_is_a_file,
+        )
+    ),
     ("tune_losses.py", unknown_scheduler),
     ("tune_losses.py", unreachable_mlflow),
     ("prepare.py", empty_data_folder),
@@ -235,20 +280,30 @@ def start_real_run(script, fault, tmp: Path) -> tuple[subprocess.Popen, list[str
         monkeypatch.setenv("RAY_ADDRESS", DEAD_RAY)
         args, words = fault(scene)
         env = dict(os.environ)
-    process = subprocess.Popen([sys.executable, f"workflows/{script}", *args, "--output", str(scene.output)],
-                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, f"workflows/{script}", *args, "--output", str(scene.output)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     return process, words, scene.output
 
 
 @pytest.fixture(scope="module")
 def real_runs(tmp_path_factory):
     """(stderr, exit code, words the line must hold, output path) of each of REAL_RUNS."""
-    started = {name: start_real_run(script, fault, tmp_path_factory.mktemp(name.replace(":", "-")))
-               for name, (script, fault) in REAL_RUNS.items()}
+    started = {
+        name: start_real_run(script, fault, tmp_path_factory.mktemp(name.replace(":", "-")))
+        for name, (script, fault) in REAL_RUNS.items()
+    }
     try:
         # A workflow that joined Ray first would hang on the dead address: the timeout fails it.
-        return {name: (process.communicate(timeout=120)[1], process.returncode, words, output)
-                for name, (process, words, output) in started.items()}
+        return {
+            name: (process.communicate(timeout=120)[1], process.returncode, words, output)
+            for name, (process, words, output) in started.items()
+        }
     finally:
         for process, _, _ in started.values():
             process.kill()

@@ -17,8 +17,9 @@ def test_defaults_match_the_clip_contract():
 def test_yaml_and_overrides_are_typed(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epochs: 3\nobjectives:\n  xdc:\n    weight: 0.5\n")
-    cfg = load_config(path, ["train.lr=0.01", "data.extensions=.mp4,.mkv", "train.use_gpu=false",
-                             "data.decode_concurrency=null"])
+    cfg = load_config(
+        path, ["train.lr=0.01", "data.extensions=.mp4,.mkv", "train.use_gpu=false", "data.decode_concurrency=null"]
+    )
     assert cfg.train.epochs == 3 and cfg.train.lr == 0.01
     assert cfg.objectives.xdc.weight == 0.5 and set(cfg.objectives.enabled()) == {"infonce", "xdc"}
     assert cfg.data.extensions == (".mp4", ".mkv")
@@ -64,12 +65,17 @@ def test_with_overrides_round_trips_and_revalidates():
     assert cfg.train.lr != 0.5  # frozen original untouched
     with pytest.raises(ConfigError):
         with_overrides(cfg, {"train.nope": 1})
-    assert load_config(None, [f"{k}={v}" for k, v in changed.flat().items() if v is not None and not isinstance(v, list)]) \
-        .flat() == changed.flat()
+    assert (
+        load_config(
+            None, [f"{k}={v}" for k, v in changed.flat().items() if v is not None and not isinstance(v, list)]
+        ).flat()
+        == changed.flat()
+    )
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "workflows" / "configs").glob("*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "workflows" / "configs").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_shipped_configs_load_and_validate(path):
     cfg = load_config(path)  # validates: a typo or a bad value raises ConfigError
 

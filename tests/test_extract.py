@@ -39,9 +39,18 @@ def encoders(tmp_path_factory):
     torch.jit.trace(video, clip).save(str(folder / "video.ts"))
     audio = AudioEncoder(cfg.model, cfg.data.sample_rate).eval()
     torch.save(audio.state_dict(), folder / "audio.pt")
-    return {"video": video, "audio": audio, "settings": [
-        f"frozen.video.path={folder / 'video.ts'}", "frozen.video.layout=BTHWC", "frozen.video.normalize=false",
-        f"frozen.audio.path={folder / 'audio.pt'}", "frozen.audio.architecture=avray", "frozen.batch_size=4"]}
+    return {
+        "video": video,
+        "audio": audio,
+        "settings": [
+            f"frozen.video.path={folder / 'video.ts'}",
+            "frozen.video.layout=BTHWC",
+            "frozen.video.normalize=false",
+            f"frozen.audio.path={folder / 'audio.pt'}",
+            "frozen.audio.architecture=avray",
+            "frozen.batch_size=4",
+        ],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +88,10 @@ def test_extract_train_fusion_and_evaluate(ray_local, corpus, encoders, pooled_f
     assert [h["epoch"] for h in result.history] == [1, 2] and "val/elo_fitness" in result.metrics
     model, saved = load_model(result.checkpoint)
     assert saved.model.inputs == "features" and saved.model.video_feature_dim == widths["video"]
-    assert not any(k.startswith(("model.video_encoder", "model.audio_encoder"))
-                   for k in load_state(Path(result.checkpoint))["module"])
+    assert not any(
+        k.startswith(("model.video_encoder", "model.audio_encoder"))
+        for k in load_state(Path(result.checkpoint))["module"]
+    )
 
     evaluation = evaluate(result.checkpoint, features, tmp_path / "eval", track=False, folds=2, progress=lambda m: None)
     for key in ("probe/fused/accuracy", "retrieval/a2v/recall@1", "baseline/probe/fused/accuracy"):
@@ -97,9 +108,19 @@ def test_token_features_train_cross_attention_fusion(ray_local, corpus, encoders
     features = str(tmp_path / "tokens")
     extract_features(corpus, features, cfg, progress=lambda msg: None)
     shapes = resolve_source(features).feature_shapes
-    assert len(shapes["video"]) == 2 and shapes["video"][1] == encoder_widths(cfg.model)["video"] and shapes["video"][0] > 1
-    result = pretrain(tiny_config(tmp_path, "train.epochs=1", "train.num_workers=1", "model.fusion=cross_attention",
-                                  "model.attention_heads=2"), features, str(tmp_path / "run"), track=False)
+    assert (
+        len(shapes["video"]) == 2
+        and shapes["video"][1] == encoder_widths(cfg.model)["video"]
+        and shapes["video"][0] > 1
+    )
+    result = pretrain(
+        tiny_config(
+            tmp_path, "train.epochs=1", "train.num_workers=1", "model.fusion=cross_attention", "model.attention_heads=2"
+        ),
+        features,
+        str(tmp_path / "run"),
+        track=False,
+    )
     assert result.history[-1]["global_step"] > 0
     # The model was built for the token sequences, and evaluation refuses pooled features.
     _, saved = load_model(result.checkpoint)

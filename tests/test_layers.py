@@ -62,8 +62,12 @@ def _edges() -> dict[str, set[str]]:
 
 
 def test_no_module_imports_from_a_layer_above_its_own():
-    upward = sorted(f"{source} -> {target}" for source, targets in _edges().items() for target in targets
-                    if _layer(target) > _layer(source))
+    upward = sorted(
+        f"{source} -> {target}"
+        for source, targets in _edges().items()
+        for target in targets
+        if _layer(target) > _layer(source)
+    )
     assert not upward, "imports against the layer order:\n" + "\n".join(upward)
 
 
@@ -83,7 +87,7 @@ def test_no_import_cycles_between_packages():
         state[node] = "open"
         for target in sorted(edges.get(node, ())):
             if state.get(target) == "open":
-                cycles.append(" -> ".join(path[path.index(target):] + [target]))
+                cycles.append(" -> ".join(path[path.index(target) :] + [target]))
             elif target not in state:
                 visit(target, path + [target])
         state[node] = "done"

@@ -46,14 +46,18 @@ def test_videos_manifests_and_prepared_clips_pass(tmp_path):
         check_data(str(tmp_path / data), DataConfig())
 
 
-@pytest.mark.parametrize("data, files, message", [
-    ("missing", {}, "does not exist"),
-    ("", {}, "no videos with extensions"),
-    ("", {"notes.txt": b"x"}, "no videos with extensions"),
-    ("m.csv", {"m.csv": b""}, "cannot read manifest"),
-    ("m.parquet", {"m.parquet": b"not parquet"}, "cannot read manifest"),
-    ("m.csv", {"m.csv": b"path\n"}, "lists no videos"),
-], ids=["missing path", "empty folder", "no videos", "empty manifest", "unreadable manifest", "manifest without rows"])
+@pytest.mark.parametrize(
+    "data, files, message",
+    [
+        ("missing", {}, "does not exist"),
+        ("", {}, "no videos with extensions"),
+        ("", {"notes.txt": b"x"}, "no videos with extensions"),
+        ("m.csv", {"m.csv": b""}, "cannot read manifest"),
+        ("m.parquet", {"m.parquet": b"not parquet"}, "cannot read manifest"),
+        ("m.csv", {"m.csv": b"path\n"}, "lists no videos"),
+    ],
+    ids=["missing path", "empty folder", "no videos", "empty manifest", "unreadable manifest", "manifest without rows"],
+)
 def test_unusable_local_data_says_what_is_wrong(tmp_path, data, files, message):
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
@@ -67,16 +71,24 @@ def test_unusable_local_data_says_what_is_wrong(tmp_path, data, files, message):
 def dead_s3_endpoint(monkeypatch):
     """The standard AWS variables, pointing at an endpoint where nothing listens."""
     endpoint = f"http://127.0.0.1:{closed_port()}"
-    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "AKIAPREFLIGHT",
-                       "AWS_SECRET_ACCESS_KEY": "preflight-secret", "AWS_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "AKIAPREFLIGHT",
+        "AWS_SECRET_ACCESS_KEY": "preflight-secret",
+        "AWS_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     return endpoint
 
 
-@pytest.mark.parametrize("check", [
-    lambda: check_data("s3://corpus/videos", DataConfig()),
-    lambda: check_output("s3://corpus/runs/1"),
-], ids=["data", "output"])
+@pytest.mark.parametrize(
+    "check",
+    [
+        lambda: check_data("s3://corpus/videos", DataConfig()),
+        lambda: check_output("s3://corpus/runs/1"),
+    ],
+    ids=["data", "output"],
+)
 def test_an_unreachable_s3_endpoint_fails_fast_and_says_what_to_set(dead_s3_endpoint, check):
     started = time.monotonic()
     with pytest.raises(PreflightError) as err:
@@ -120,10 +132,15 @@ def test_s3_wrong_credentials_are_told_apart(s3_env, bucket, monkeypatch):
 
 
 def test_s3_missing_bucket_empty_prefix_and_empty_manifest(s3_env, bucket):
-    for check in (lambda: check_data("s3://no-such-bucket/videos", DataConfig()),
-                  lambda: check_output("s3://no-such-bucket/runs")):
-        with pytest.raises(PreflightError, match=f"bucket 'no-such-bucket' does not exist at the S3 endpoint "
-                                                 f"{s3_env.endpoint}: create it, or fix s3://no-such-bucket/"):
+    for check in (
+        lambda: check_data("s3://no-such-bucket/videos", DataConfig()),
+        lambda: check_output("s3://no-such-bucket/runs"),
+    ):
+        with pytest.raises(
+            PreflightError,
+            match=f"bucket 'no-such-bucket' does not exist at the S3 endpoint "
+            f"{s3_env.endpoint}: create it, or fix s3://no-such-bucket/",
+        ):
             check()
     with pytest.raises(SourceError, match="no videos with extensions .* under 's3://preflight/nothing'"):
         check_data("s3://preflight/nothing", DataConfig())

@@ -48,8 +48,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import quote
 
 import pytest
@@ -144,7 +144,7 @@ def _leaks(outputs: Iterator[tuple[str, bytes]]) -> tuple[int, list[str]]:
         for name, forms in needles.items():
             at = next((data.find(f) for f in forms if f in data), -1)
             if at >= 0:
-                found.append(f"{name} in {where}: ...{data[max(0, at - 80):at + 40]!r}...")
+                found.append(f"{name} in {where}: ...{data[max(0, at - 80) : at + 40]!r}...")
     return searched, found
 
 
@@ -152,8 +152,14 @@ def _start_mlflow(store: Path) -> subprocess.Popen:
     store.mkdir(parents=True)
     env = {**os.environ, "AVRAY_TEST_BASIC_AUTH": f"{MLFLOW_USER}:{SECRETS['MLflow password']}"}
     with open(store / "server.log", "wb") as log:
-        return subprocess.Popen([sys.executable, "-c", MLFLOW_SERVER, str(store)], env=env, cwd=store,
-                                stdout=subprocess.PIPE, stderr=log, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-c", MLFLOW_SERVER, str(store)],
+            env=env,
+            cwd=store,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
 
 
 def _port_of(server: subprocess.Popen, store: Path) -> int:
@@ -190,8 +196,10 @@ def _probe_ray_auth(ray_tmp: Path, job: subprocess.Popen, results: dict) -> None
         ports = [p.read_text().strip() for p in ray_tmp.glob("ray/session_*/gcs_server_port_*")]
         if ports and ports[0]:
             for _ in range(40):  # the port file can appear before the GCS answers
-                answers = {case: _gcs_answers(ports[0], token) for case, token in
-                           (("no token", None), ("wrong token", "0" * 64), ("token", SECRETS["Ray token"]))}
+                answers = {
+                    case: _gcs_answers(ports[0], token)
+                    for case, token in (("no token", None), ("wrong token", "0" * 64), ("token", SECRETS["Ray token"]))
+                }
                 if "UNAVAILABLE" not in answers.values():
                     results.update(answers)
                     return
@@ -212,10 +220,17 @@ def _kill_group(job: subprocess.Popen) -> None:
 def _job_env(s3_env: dict[str, str], home: Path, ray_tmp: Path) -> dict[str, str]:
     """A user's shell: no Ray/AWS/MLflow settings but the fake secrets, a private HOME and temp dir."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_", "MLFLOW_"))}
-    env.update(s3_env, AWS_ACCESS_KEY_ID=SECRETS["AWS access key id"],
-               AWS_SECRET_ACCESS_KEY=SECRETS["AWS secret access key"],
-               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=SECRETS["Ray token"], RAY_USAGE_STATS_ENABLED="0",
-               HOME=str(home), TMPDIR=str(ray_tmp), RAY_TMPDIR=str(ray_tmp))
+    env.update(
+        s3_env,
+        AWS_ACCESS_KEY_ID=SECRETS["AWS access key id"],
+        AWS_SECRET_ACCESS_KEY=SECRETS["AWS secret access key"],
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=SECRETS["Ray token"],
+        RAY_USAGE_STATS_ENABLED="0",
+        HOME=str(home),
+        TMPDIR=str(ray_tmp),
+        RAY_TMPDIR=str(ray_tmp),
+    )
     return env
 
 
@@ -241,8 +256,13 @@ def test_no_credential_reaches_any_output(tmp_path):
             client.create_bucket(Bucket="runs")
             for path in Path(corpus).rglob("*.mp4"):
                 client.upload_file(str(path), "corpus", f"videos/{path.relative_to(corpus)}")
-            wrong = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1",
-                                 aws_access_key_id=SECRETS["AWS access key id"], aws_secret_access_key="wrong")
+            wrong = boto3.client(
+                "s3",
+                endpoint_url=s3.endpoint,
+                region_name="us-east-1",
+                aws_access_key_id=SECRETS["AWS access key id"],
+                aws_secret_access_key="wrong",
+            )
             with pytest.raises(botocore.exceptions.ClientError):
                 wrong.list_objects_v2(Bucket="corpus")
 
@@ -254,10 +274,23 @@ def test_no_credential_reaches_any_output(tmp_path):
 
             job_started = time.monotonic()
             job = subprocess.Popen(
-                [sys.executable, str(ROOT / "workflows/pretrain.py"), "--data", "s3://corpus/videos",
-                 "--output", RUNS, "--config", str(config), *[a for kv in JOB for a in ("--set", kv)]],
-                cwd=work, env=_job_env(s3.env(), home, ray_tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                start_new_session=True)
+                [
+                    sys.executable,
+                    str(ROOT / "workflows/pretrain.py"),
+                    "--data",
+                    "s3://corpus/videos",
+                    "--output",
+                    RUNS,
+                    "--config",
+                    str(config),
+                    *[a for kv in JOB for a in ("--set", kv)],
+                ],
+                cwd=work,
+                env=_job_env(s3.env(), home, ray_tmp),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
             ray_auth: dict[str, str] = {}
             probe = threading.Thread(target=_probe_ray_auth, args=(ray_tmp, job, ray_auth))
             probe.start()
@@ -269,20 +302,34 @@ def test_no_credential_reaches_any_output(tmp_path):
             tracking = mlflow.MlflowClient(uri)
             run = tracking.search_runs([tracking.get_experiment_by_name("security").experiment_id])[0]
             checkpoint = run.data.tags["avray.checkpoint"]
-            assert checkpoint.startswith(f"{RUNS}/pretrain/checkpoint_") and f"checkpoint: {checkpoint}".encode() in stdout
-            loader = subprocess.run([sys.executable, "-c", LOAD_AND_DESCRIBE, checkpoint, RUNS], cwd=work,
-                                    env={**_job_env(s3.env(), home, ray_tmp), "TMPDIR": str(scratch)},
-                                    capture_output=True, timeout=120)
+            assert (
+                checkpoint.startswith(f"{RUNS}/pretrain/checkpoint_") and f"checkpoint: {checkpoint}".encode() in stdout
+            )
+            loader = subprocess.run(
+                [sys.executable, "-c", LOAD_AND_DESCRIBE, checkpoint, RUNS],
+                cwd=work,
+                env={**_job_env(s3.env(), home, ray_tmp), "TMPDIR": str(scratch)},
+                capture_output=True,
+                timeout=120,
+            )
             assert loader.returncode == 0, loader.stderr.decode()[-3000:]
             # Both locations give the same model: embed_dim 16, the same number of weights.
             (dim, size), again = (line.split() for line in loader.stdout.decode().splitlines())
             assert dim == "16" and int(size) > 0 and again == [dim, size], loader.stdout
             assert not list(scratch.iterdir())  # the local copies went with the process
 
-            searched, found = _leaks(itertools.chain(
-                [("job stdout", stdout), ("job stderr", stderr), ("loader stdout", loader.stdout),
-                 ("loader stderr", loader.stderr)], _s3_objects(client),
-                *(_files(folder) for folder in (ray_tmp, home, work, store))))
+            searched, found = _leaks(
+                itertools.chain(
+                    [
+                        ("job stdout", stdout),
+                        ("job stderr", stderr),
+                        ("loader stdout", loader.stdout),
+                        ("loader stderr", loader.stderr),
+                    ],
+                    _s3_objects(client),
+                    *(_files(folder) for folder in (ray_tmp, home, work, store)),
+                )
+            )
             assert not found, "secrets found:\n" + "\n".join(found)
             assert searched > 100  # Ray's session logs alone are dozens of files
 
@@ -316,8 +363,10 @@ def hostile_checkpoint(tmp_path) -> tuple[Path, Path]:
     """(checkpoint folder whose state.pt runs code when unpickled, marker file that code creates)."""
     folder, marker = tmp_path / "checkpoint", tmp_path / "code-ran"
     folder.mkdir()
-    torch.save({"module": {"model.video_encoder.x": torch.zeros(1)}, "epoch": 0, "payload": RunsCode(marker)},
-               folder / "state.pt")
+    torch.save(
+        {"module": {"model.video_encoder.x": torch.zeros(1)}, "epoch": 0, "payload": RunsCode(marker)},
+        folder / "state.pt",
+    )
     (folder / "config.yaml").write_text(load_config(None, TINY).to_yaml())
     return folder, marker
 
@@ -340,8 +389,9 @@ def test_frozen_encoder_loader_refuses_pickled_code(hostile_checkpoint, architec
     folder, marker = hostile_checkpoint
     cfg = load_config(None, TINY)
     with pytest.raises(ConfigError, match="state dict of tensors" if architecture else "not a TorchScript file"):
-        load_module(FrozenVideoConfig(path=str(folder / "state.pt"), architecture=architecture), "video",
-                    cfg.model, cfg.data)
+        load_module(
+            FrozenVideoConfig(path=str(folder / "state.pt"), architecture=architecture), "video", cfg.model, cfg.data
+        )
     assert not marker.exists()
 
 
@@ -354,10 +404,13 @@ def _unsafe_loads(source: str) -> list[str]:
             continue
         owner = ast.unparse(node.func.value)
         name, flags = node.func.attr, {k.arg: ast.unparse(k.value) for k in node.keywords}
-        if ((owner == "torch" and name == "load" and flags.get("weights_only") != "True")
-                or (owner in ("pickle", "cloudpickle", "joblib", "dill") and name in ("load", "loads"))
-                or (owner == "yaml" and name in ("load", "unsafe_load", "full_load"))
-                or name == "read_pickle" or (name == "load" and flags.get("allow_pickle") == "True")):
+        if (
+            (owner == "torch" and name == "load" and flags.get("weights_only") != "True")
+            or (owner in ("pickle", "cloudpickle", "joblib", "dill") and name in ("load", "loads"))
+            or (owner == "yaml" and name in ("load", "unsafe_load", "full_load"))
+            or name == "read_pickle"
+            or (name == "load" and flags.get("allow_pickle") == "True")
+        ):
             found.append(f"line {node.lineno}: {ast.unparse(node)}")
     return found
 
@@ -367,6 +420,9 @@ def test_every_load_in_avray_is_weights_only():
     read by a restricted unpickler that resolves no Python globals; the module is a program
     the user chose to run, as the docs say."""
     assert _unsafe_loads("torch.load(f)\ntorch.load(f, weights_only=False)\npickle.loads(b)\nyaml.load(s)")
-    unsafe = {str(path.relative_to(ROOT)): found for path in [*ROOT.glob("avray/**/*.py"), *ROOT.glob("workflows/*.py")]
-              if (found := _unsafe_loads(path.read_text()))}
+    unsafe = {
+        str(path.relative_to(ROOT)): found
+        for path in [*ROOT.glob("avray/**/*.py"), *ROOT.glob("workflows/*.py")]
+        if (found := _unsafe_loads(path.read_text()))
+    }
     assert not unsafe, unsafe

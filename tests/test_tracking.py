@@ -42,28 +42,52 @@ PASSWORD = "canary-pw"
 
 def test_redact_masks_uri_passwords_only():
     assert redact(f"http://user:{PASSWORD}@mlflow:5000/x") == "http://user:***@mlflow:5000/x"
-    assert redact(f"a postgresql://u:p@ss{PASSWORD}@db/m and s3://k:{PASSWORD}@b/p") == \
-        "a postgresql://u:***@db/m and s3://k:***@b/p"
+    assert (
+        redact(f"a postgresql://u:p@ss{PASSWORD}@db/m and s3://k:{PASSWORD}@b/p")
+        == "a postgresql://u:***@db/m and s3://k:***@b/p"
+    )
     for kept in ("http://mlflow:5000/x", "http://user@mlflow", "sqlite:////tmp/m.db", "s3://bucket/a@b.mp4"):
         assert redact(kept) == kept
 
 
 def test_params_of_secret_named_keys_are_masked_whole():
-    params = redact_params({"a.password": PASSWORD, "b.api_key": PASSWORD, "c.auth_token": PASSWORD,
-                            "d.secret_access_key": PASSWORD, "e.token": None,
-                            "frozen.tokens": True, "model.video_feature_tokens": 4, "frozen.video.output_key": "x",
-                            "tracking.tracking_uri": f"http://u:{PASSWORD}@h"})
-    assert params == {"a.password": "***", "b.api_key": "***", "c.auth_token": "***", "d.secret_access_key": "***",
-                      "e.token": "None", "frozen.tokens": "True", "model.video_feature_tokens": "4",
-                      "frozen.video.output_key": "x", "tracking.tracking_uri": "http://u:***@h"}
+    params = redact_params(
+        {
+            "a.password": PASSWORD,
+            "b.api_key": PASSWORD,
+            "c.auth_token": PASSWORD,
+            "d.secret_access_key": PASSWORD,
+            "e.token": None,
+            "frozen.tokens": True,
+            "model.video_feature_tokens": 4,
+            "frozen.video.output_key": "x",
+            "tracking.tracking_uri": f"http://u:{PASSWORD}@h",
+        }
+    )
+    assert params == {
+        "a.password": "***",
+        "b.api_key": "***",
+        "c.auth_token": "***",
+        "d.secret_access_key": "***",
+        "e.token": "None",
+        "frozen.tokens": "True",
+        "model.video_feature_tokens": "4",
+        "frozen.video.output_key": "x",
+        "tracking.tracking_uri": "http://u:***@h",
+    }
 
 
 def test_a_run_stores_params_tags_and_config_masked(tmp_path, monkeypatch):
     import mlflow
 
     monkeypatch.chdir(tmp_path)  # a sqlite store keeps artifacts in ./mlruns: search them too
-    cfg = load_config(None, [f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-                             f"data.endpoint_override=http://key:{PASSWORD}@127.0.0.1:9000"])
+    cfg = load_config(
+        None,
+        [
+            f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+            f"data.endpoint_override=http://key:{PASSWORD}@127.0.0.1:9000",
+        ],
+    )
     tracker = start_job_run(cfg, str(tmp_path / "out"))
     tracker.set_tag("avray.source", f"s3://key:{PASSWORD}@bucket/videos")
     tracker.finish()

@@ -6,11 +6,22 @@ from avray.config import load_config
 from tests.media import make_good_video
 
 TINY = [
-    "model.video_width=8", "model.video_depth=2", "model.audio_width=8", "model.audio_depth=2",
-    "model.embed_dim=16", "model.fused_dim=16", "model.n_mels=32", "model.n_fft=256",
-    "data.clips_per_video=2", "data.val_fraction=0.25", "data.decode_batch_size=4",
-    "data.cpus_per_decode_task=0.5", "train.cpus_per_worker=0.5",
-    "train.batch_size=4", "train.warmup_epochs=0", "tune.zipf_clusters=2",
+    "model.video_width=8",
+    "model.video_depth=2",
+    "model.audio_width=8",
+    "model.audio_depth=2",
+    "model.embed_dim=16",
+    "model.fused_dim=16",
+    "model.n_mels=32",
+    "model.n_fft=256",
+    "data.clips_per_video=2",
+    "data.val_fraction=0.25",
+    "data.decode_batch_size=4",
+    "data.cpus_per_decode_task=0.5",
+    "train.cpus_per_worker=0.5",
+    "train.batch_size=4",
+    "train.warmup_epochs=0",
+    "tune.zipf_clusters=2",
     # Two terms, so that the mixture, the sweeps and resume carry more than one λ.
     "objectives.fused.weight=0.5",
 ]
@@ -32,8 +43,13 @@ def make_tiny_corpus(root: Path, videos: int = 8) -> str:
 # at once, so a restart also exercises XDC's re-clustering and its cluster state, 2 workers.
 # Placement and CPUs per worker are the tests' own: they leave the step count alone.
 FAULT_RUN = (
-    "train.epochs=6", "train.num_workers=2", "train.max_failures=2",
-    "objectives.xdc.weight=0.5", "objectives.xdc.num_clusters=2",
-    "objectives.cluster_contrastive.weight=0.3", "objectives.cluster_contrastive.num_clusters=2",
-    "objectives.dcca.weight=0.1", "objectives.sdl.weight=0.1",
+    "train.epochs=6",
+    "train.num_workers=2",
+    "train.max_failures=2",
+    "objectives.xdc.weight=0.5",
+    "objectives.xdc.num_clusters=2",
+    "objectives.cluster_contrastive.weight=0.3",
+    "objectives.cluster_contrastive.num_clusters=2",
+    "objectives.dcca.weight=0.1",
+    "objectives.sdl.weight=0.1",
 )

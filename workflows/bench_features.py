@@ -40,8 +40,13 @@ def save_stand_in_encoders(cfg, folder: Path) -> list[str]:
     clip = torch.zeros(2, cfg.data.num_frames, cfg.data.frame_size, cfg.data.frame_size, 3, dtype=torch.uint8)
     torch.jit.trace(video, clip).save(str(folder / "video.ts"))
     torch.save(AudioEncoder(cfg.model, cfg.data.sample_rate).state_dict(), folder / "audio.pt")
-    return [f"frozen.video.path={folder / 'video.ts'}", "frozen.video.layout=BTHWC", "frozen.video.normalize=false",
-            f"frozen.audio.path={folder / 'audio.pt'}", "frozen.audio.architecture=avray"]
+    return [
+        f"frozen.video.path={folder / 'video.ts'}",
+        "frozen.video.layout=BTHWC",
+        "frozen.video.normalize=false",
+        f"frozen.audio.path={folder / 'audio.pt'}",
+        "frozen.audio.architecture=avray",
+    ]
 
 
 def main(argv=None) -> int:
@@ -56,8 +61,13 @@ def main(argv=None) -> int:
 
     cores = os.cpu_count() or 1
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="avray-bench-features-"))
-    settings = [f"train.epochs={args.epochs}", "train.num_workers=1", f"train.threads_per_worker={cores}",
-                "data.val_fraction=0", "train.warmup_epochs=0"]
+    settings = [
+        f"train.epochs={args.epochs}",
+        "train.num_workers=1",
+        f"train.threads_per_worker={cores}",
+        "data.val_fraction=0",
+        "train.warmup_epochs=0",
+    ]
     cfg = load_config(None, settings)
     cli.init_ray(None)
     prepared = prepared_demo_clips(workdir, args.videos, cfg.data)
@@ -70,8 +80,11 @@ def main(argv=None) -> int:
     features = pretrain(cfg, str(workdir / "features"), str(workdir / "from-features"), track=False)
 
     a, b = seconds_per_epoch(pixels.history), seconds_per_epoch(features.history)
-    figures = {"seconds_per_epoch": {"pixels": a, "features": b}, "ratio": {"pixels_vs_features": a / b},
-               "extraction_seconds": extraction}
+    figures = {
+        "seconds_per_epoch": {"pixels": a, "features": b},
+        "ratio": {"pixels_vs_features": a / b},
+        "extraction_seconds": extraction,
+    }
     print(f"{args.videos} videos, global batch {cfg.train.batch_size}, {args.epochs} epochs, {cores} cores")
     print(f"(a) epoch from pixels (encoders + fusion train) : {a:8.2f} s")
     print(f"(b) epoch from frozen features (fusion trains)  : {b:8.2f} s")

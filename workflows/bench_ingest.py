@@ -41,9 +41,9 @@ from torch.utils.data import DataLoader, Dataset
 from avray import cli
 from avray.config import DataConfig
 from avray.data.decode import decode_clip, decode_clips_of_video
-from avray.demo.corpus import make_demo_corpus
-from avray.data.pipeline import decode_dataset
 from avray.data.index import build_clip_index
+from avray.data.pipeline import decode_dataset
+from avray.demo.corpus import make_demo_corpus
 from avray.demo.throughput import ResourceMonitor, consume
 
 BATCH = 16
@@ -75,8 +75,10 @@ class VideoDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         clips = decode_clips_of_video(self.sources[i], self.videos[self.sources[i]], self.cfg)
-        return {"video": torch.from_numpy(np.stack([c.video for c in clips])),
-                "audio": torch.from_numpy(np.stack([c.audio for c in clips]))}
+        return {
+            "video": torch.from_numpy(np.stack([c.video for c in clips])),
+            "audio": torch.from_numpy(np.stack([c.audio for c in clips])),
+        }
 
 
 def bench_pyav(clips, cfg: DataConfig) -> float:
@@ -124,8 +126,9 @@ def one_round(index, clips: list[tuple[str, float]], cfg: DataConfig, cores: int
     rates["pyav"] = bench_pyav(clips, cfg)
     rates["dataloader"] = bench_dataloader(ClipDataset(clips, cfg), len(clips), workers=cores)
     with ResourceMonitor(memory=False) as use["dataloader_per_video"]:
-        rates["dataloader_per_video"] = bench_dataloader(VideoDataset(clips, cfg), len(clips), workers=cores,
-                                                         batch_size=None)
+        rates["dataloader_per_video"] = bench_dataloader(
+            VideoDataset(clips, cfg), len(clips), workers=cores, batch_size=None
+        )
     cli.init_ray(None, num_cpus=cores)
     consume(decode_dataset(index, cfg).dataset.limit(4 * BATCH))  # warm Ray's worker pool
     rates["avray"], use["avray"] = bench_avray(index, cfg, memory=False)
@@ -136,8 +139,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", type=int, default=200)
     p.add_argument("--scale", type=int, default=1, help="also run the pipeline on a corpus this many times larger")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="rounds of all the ways in turn; the figures are each way's median over them")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of all the ways in turn; the figures are each way's median over them",
+    )
     p.add_argument("--workdir", default=None, help="where corpora are generated (reused if present)")
     p.add_argument("--json", dest="json_path", default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -155,20 +162,27 @@ def main(argv=None) -> int:
     clips = list(zip(index.clips.column("source").to_pylist(), index.clips.column("start").to_pylist()))
     print(f"{len(clips)} clips from {index.num_videos} videos; {cores} cores; {args.rounds} round(s)")
 
-    bench_pyav(clips[:4 * BATCH], cfg)  # warm the page cache so no method pays a first-run cost
+    bench_pyav(clips[: 4 * BATCH], cfg)  # warm the page cache so no method pays a first-run cost
     # Rounds, each way in turn: on a shared machine the speed drifts by tens of percent within
     # minutes, and a drift would otherwise fall on whichever way ran then.
     rounds = []
     for number in range(1, args.rounds + 1):
         rates, use = one_round(index, clips, cfg, cores)
-        rounds.append({"clips_per_s": rates, "idle_fraction": {way: u.idle_fraction for way, u in use.items()},
-                       "avray_cpu_seconds": use["avray"].cpu_seconds})
+        rounds.append(
+            {
+                "clips_per_s": rates,
+                "idle_fraction": {way: u.idle_fraction for way, u in use.items()},
+                "avray_cpu_seconds": use["avray"].cpu_seconds,
+            }
+        )
         # Where the cores went: (c) against (d) is decoding against Ray's own processes and idle cores.
-        print(f"round {number}: (a) {rates['pyav']:.1f}  (b) {rates['dataloader']:.1f}  (c) {rates['avray']:.1f}  "
-              f"(d) {rates['dataloader_per_video']:.1f} clips/s; cores idle (c) {use['avray'].idle_fraction:.0%}, "
-              f"(d) {use['dataloader_per_video'].idle_fraction:.0%}; (c)'s CPU seconds: "
-              + ", ".join(f"{kind} {seconds:.1f}" for kind, seconds in sorted(use["avray"].cpu_seconds.items())),
-              flush=True)
+        print(
+            f"round {number}: (a) {rates['pyav']:.1f}  (b) {rates['dataloader']:.1f}  (c) {rates['avray']:.1f}  "
+            f"(d) {rates['dataloader_per_video']:.1f} clips/s; cores idle (c) {use['avray'].idle_fraction:.0%}, "
+            f"(d) {use['dataloader_per_video'].idle_fraction:.0%}; (c)'s CPU seconds: "
+            + ", ".join(f"{kind} {seconds:.1f}" for kind, seconds in sorted(use["avray"].cpu_seconds.items())),
+            flush=True,
+        )
     median = {way: statistics.median(r["clips_per_s"][way] for r in rounds) for way in rounds[0]["clips_per_s"]}
     sampled_rate, sampled = bench_avray(index, cfg, memory=True)
     peak_mb = sampled.peak_mb
@@ -188,11 +202,17 @@ def main(argv=None) -> int:
     print(f"(a) single-process PyAV : {median['pyav']:8.1f} clips/s")
     print(f"(b) DataLoader x{cores}       : {median['dataloader']:8.1f} clips/s")
     print(f"(c) avray Ray Data      : {median['avray']:8.1f} clips/s")
-    print(f"(d) DataLoader x{cores}, a video's clips in one pass: {median['dataloader_per_video']:8.1f} clips/s (reference)")
-    print(f"ratio c/a = {figures['ratio']['avray_vs_pyav']:.2f}   ratio c/b = {figures['ratio']['avray_vs_dataloader']:.2f}"
-          f"   (c/d = {median['avray'] / median['dataloader_per_video']:.2f})")
-    print(f"pipeline peak memory (PSS, driver + Ray): {peak_mb:.0f} MB, in a pass of its own ({sampled_rate:.1f} clips/s "
-          f"while sampling)")
+    print(
+        f"(d) DataLoader x{cores}, a video's clips in one pass: {median['dataloader_per_video']:8.1f} clips/s (reference)"
+    )
+    print(
+        f"ratio c/a = {figures['ratio']['avray_vs_pyav']:.2f}   ratio c/b = {figures['ratio']['avray_vs_dataloader']:.2f}"
+        f"   (c/d = {median['avray'] / median['dataloader_per_video']:.2f})"
+    )
+    print(
+        f"pipeline peak memory (PSS, driver + Ray): {peak_mb:.0f} MB, in a pass of its own ({sampled_rate:.1f} clips/s "
+        f"while sampling)"
+    )
 
     if args.scale > 1:
         big = corpus(workdir / f"corpus-{args.videos * args.scale}", args.videos * args.scale, args.seed + 1)
@@ -200,8 +220,10 @@ def main(argv=None) -> int:
         big_rate, big_use = bench_avray(big_index, cfg, memory=True)
         big_peak = big_use.peak_mb
         figures["memory_ratio_10x" if args.scale == 10 else f"memory_ratio_{args.scale}x"] = big_peak / peak_mb
-        print(f"x{args.scale}: {big_index.clips.num_rows} clips, {big_rate:.1f} clips/s while sampling memory, "
-              f"peak {big_peak:.0f} MB, memory ratio {big_peak / peak_mb:.2f}")
+        print(
+            f"x{args.scale}: {big_index.clips.num_rows} clips, {big_rate:.1f} clips/s while sampling memory, "
+            f"peak {big_peak:.0f} MB, memory ratio {big_peak / peak_mb:.2f}"
+        )
     return cli.finish_benchmark(figures, args.json_path)
 
 

@@ -38,15 +38,25 @@ def main(argv=None) -> int:
         shutil.rmtree(workdir / fresh, ignore_errors=True)
     started = time.perf_counter()
     cli.init_ray(args.ray_address)
-    result = quality_run(cfg, workdir, kind="spoken", videos=args.videos, test_videos=args.test_videos,
-                         seed=args.seed, say=lambda msg: print(msg, flush=True))
+    result = quality_run(
+        cfg,
+        workdir,
+        kind="spoken",
+        videos=args.videos,
+        test_videos=args.test_videos,
+        seed=args.seed,
+        say=lambda msg: print(msg, flush=True),
+    )
     total = time.perf_counter() - started
     print(headline_table(result.metrics))
     steps = ", ".join(f"{step} {seconds:.0f} s" for step, seconds in result.seconds.items())
     print(f"wall time: {steps}; total {total:.0f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"metrics": result.metrics, "seconds": result.seconds,
-                                               "overrides": list(args.overrides)}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {"metrics": result.metrics, "seconds": result.seconds, "overrides": list(args.overrides)}, indent=2
+            )
+        )
     return 0
 
 

@@ -27,8 +27,8 @@ import torch
 
 from avray import cli
 from avray.config import load_config, with_overrides
-from avray.demo.corpus import prepared_demo_clips
 from avray.data.pipeline import load_clips
+from avray.demo.corpus import prepared_demo_clips
 from avray.models import build_model
 from avray.models.augment import Augmenter
 from avray.objectives import LossMixture
@@ -52,7 +52,7 @@ def plain_loop(cfg, clips: dict[str, np.ndarray], epochs: int) -> float:
         start = time.perf_counter()
         for step in range(steps):
             idx = order[step * batch : (step + 1) * batch]
-            (view_video, view_audio), = augmenter.views(video[idx], audio[idx], 1, epoch * steps + step)
+            ((view_video, view_audio),) = augmenter.views(video[idx], audio[idx], 1, epoch * steps + step)
             result = mixture(model(view_video, view_audio))
             optimizer.zero_grad(set_to_none=True)
             result.total.backward()
@@ -81,10 +81,16 @@ def main(argv=None) -> int:
 
     cores = os.cpu_count() or 1
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="avray-bench-train-"))
-    cfg = load_config(None, [
-        f"train.epochs={args.epochs}", "train.num_workers=1", f"train.threads_per_worker={cores}",
-        "data.val_fraction=0", "train.warmup_epochs=0",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"train.epochs={args.epochs}",
+            "train.num_workers=1",
+            f"train.threads_per_worker={cores}",
+            "data.val_fraction=0",
+            "train.warmup_epochs=0",
+        ],
+    )
     torch.set_num_threads(cores)
     cli.init_ray(None)
     prepared = prepared_demo_clips(workdir, args.videos, cfg.data)
@@ -94,9 +100,13 @@ def main(argv=None) -> int:
 
     plain = plain_loop(cfg, clips, args.epochs)
     cached = ray_train_rate(cfg, prepared, workdir / "ray-train-cached")
-    streaming = ray_train_rate(with_overrides(cfg, {"train.cache_clips": "never"}), prepared, workdir / "ray-train-streaming")
-    figures = {"clips_per_s": {"ray_train": cached, "plain": plain, "ray_train_streaming": streaming},
-               "ratio": {"ray_train_vs_plain": cached / plain, "ray_train_streaming_vs_plain": streaming / plain}}
+    streaming = ray_train_rate(
+        with_overrides(cfg, {"train.cache_clips": "never"}), prepared, workdir / "ray-train-streaming"
+    )
+    figures = {
+        "clips_per_s": {"ray_train": cached, "plain": plain, "ray_train_streaming": streaming},
+        "ratio": {"ray_train_vs_plain": cached / plain, "ray_train_streaming_vs_plain": streaming / plain},
+    }
     print(f"(a) plain PyTorch loop, in-memory clips                : {plain:8.1f} clips/s")
     print(f"(b) Ray Train + Ray Data, clips cached (default)        : {cached:8.1f} clips/s")
     print(f"(c) Ray Train + Ray Data, parquet streamed every epoch : {streaming:8.1f} clips/s")

@@ -32,8 +32,12 @@ def main(argv=None) -> int:
     p = cli.parser(__doc__, data=False)
     p.add_argument("--videos", type=int, default=600, help="training corpus size (default 600)")
     p.add_argument("--test-videos", type=int, default=200, help="held-out corpus size (default 200)")
-    p.add_argument("--corpus", choices=sorted(CORPORA), default="spoken",
-                   help="spoken digits (default) or the easier tone-coded digits")
+    p.add_argument(
+        "--corpus",
+        choices=sorted(CORPORA),
+        default="spoken",
+        help="spoken digits (default) or the easier tone-coded digits",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(config=str(DEMO_CONFIG))
     args = p.parse_args(argv)
@@ -41,8 +45,15 @@ def main(argv=None) -> int:
     preflight.check_job(cfg, output=args.output, track=True)
     started = time.perf_counter()
     cli.init_ray(args.ray_address)
-    result = quality_run(cfg, Path(args.output), kind=args.corpus, videos=args.videos, test_videos=args.test_videos,
-                         seed=args.seed, say=lambda msg: print(msg, flush=True))
+    result = quality_run(
+        cfg,
+        Path(args.output),
+        kind=args.corpus,
+        videos=args.videos,
+        test_videos=args.test_videos,
+        seed=args.seed,
+        say=lambda msg: print(msg, flush=True),
+    )
     print(format_table(result.metrics))
     print(headline_table(result.metrics))
     elapsed = time.perf_counter() - started

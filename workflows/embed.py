@@ -37,8 +37,11 @@ def main(argv=None) -> int:
     cli.init_ray(args.ray_address)
     start = time.perf_counter()
     clips = load_clips(source, cfg.data)
-    write_embeddings(embed_dataset(clips.dataset, ModelSpec.trained(folder), batch_size=args.batch_size),
-                     args.output, cfg.data.endpoint_override)
+    write_embeddings(
+        embed_dataset(clips.dataset, ModelSpec.trained(folder), batch_size=args.batch_size),
+        args.output,
+        cfg.data.endpoint_override,
+    )
     rows = count_embeddings(args.output, cfg.data.endpoint_override)
     print(f"[avray] wrote embeddings of {rows} clips to {args.output} in {time.perf_counter() - start:.1f} s")
     print("[avray] " + clips.report().summary().replace("\n", "\n[avray] "))

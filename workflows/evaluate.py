@@ -29,8 +29,14 @@ def main(argv=None) -> int:
     _, cfg = evaluation_config(args.checkpoint, args.overrides)  # a bad checkpoint or override fails here
     source = preflight.check_job(cfg, data=args.data, output=args.output, track=not args.no_track)
     cli.init_ray(args.ray_address)
-    result = evaluate(args.checkpoint, source, args.output, cfg_overrides=args.overrides,
-                      track=not args.no_track, batch_size=args.batch_size)
+    result = evaluate(
+        args.checkpoint,
+        source,
+        args.output,
+        cfg_overrides=args.overrides,
+        track=not args.no_track,
+        batch_size=args.batch_size,
+    )
     print(format_table(result.metrics))
     print(f"[avray] metrics, embeddings and plots in {result.output}")
     if result.run_id is not None:

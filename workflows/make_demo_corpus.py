@@ -39,17 +39,27 @@ def main(argv=None) -> int:
         p.error("--duration must be >= 2.6 s (a 2-s clip after the digit's onset)")
 
     output = Path(args.output)
-    print(f"writing {args.videos} {args.kind} demo videos ({args.duration:g} s each, seed {args.seed}) to {output}",
-          flush=True)
+    print(
+        f"writing {args.videos} {args.kind} demo videos ({args.duration:g} s each, seed {args.seed}) to {output}",
+        flush=True,
+    )
     start = time.perf_counter()
-    rows = CORPORA[args.kind](output, args.videos, args.seed, duration_s=args.duration, workers=args.workers,
-                              progress=lambda msg: print("  " + msg, flush=True))
+    rows = CORPORA[args.kind](
+        output,
+        args.videos,
+        args.seed,
+        duration_s=args.duration,
+        workers=args.workers,
+        progress=lambda msg: print("  " + msg, flush=True),
+    )
     seconds = time.perf_counter() - start
     sizes = [Path(r["path"]).stat().st_size for r in rows]
     per_class = Counter(r["label"] for r in rows)
     print(f"videos per class: {', '.join(f'{c}={per_class[c]}' for c in sorted(per_class))}")
-    print(f"total {sum(sizes) / 1e6:.2f} MB, {sum(sizes) / len(sizes) / 1e3:.1f} kB per video "
-          f"(min {min(sizes) / 1e3:.1f}, max {max(sizes) / 1e3:.1f})")
+    print(
+        f"total {sum(sizes) / 1e6:.2f} MB, {sum(sizes) / len(sizes) / 1e3:.1f} kB per video "
+        f"(min {min(sizes) / 1e3:.1f}, max {max(sizes) / 1e3:.1f})"
+    )
     print(f"{len(rows)} videos in {seconds:.1f} s ({seconds / len(rows) * 1e3:.0f} ms per video)")
     return 0
 

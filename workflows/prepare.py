@@ -1,6 +1,6 @@
 """Materialise a corpus as clip-row parquet shards (local or s3://) that training re-reads.
 
-    python workflows/prepare.py --data videos/ --output clips/ [--set data.clips_per_video=8]
+python workflows/prepare.py --data videos/ --output clips/ [--set data.clips_per_video=8]
 """
 
 from __future__ import annotations

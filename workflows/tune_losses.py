@@ -30,11 +30,17 @@ def main(argv=None) -> int:
     result = tune_losses(cfg, source, args.output)
     print("[avray] trials, best first:\n" + format_table(result))
     best = result.best
-    print(f"[avray] best mixture: trial {best['trial']}, {result.metric} {best['final_fitness']:.4f}; "
-          f"checkpoint {best['checkpoint']}")
-    print(f"[avray] pretrain with it: python workflows/pretrain.py --config {result.best_config_path} "
-          f"--data {args.data} --output ...")
-    print(f"[avray] evaluate it: python workflows/evaluate.py --checkpoint {best['checkpoint']} --data ... --output ...")
+    print(
+        f"[avray] best mixture: trial {best['trial']}, {result.metric} {best['final_fitness']:.4f}; "
+        f"checkpoint {best['checkpoint']}"
+    )
+    print(
+        f"[avray] pretrain with it: python workflows/pretrain.py --config {result.best_config_path} "
+        f"--data {args.data} --output ..."
+    )
+    print(
+        f"[avray] evaluate it: python workflows/evaluate.py --checkpoint {best['checkpoint']} --data ... --output ..."
+    )
     print(f"[avray] MLflow sweep run {result.parent_run_id}: {ui_command(result.tracking_uri)}")
     return 0
 

@@ -37,9 +37,9 @@ import math
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -48,9 +48,15 @@ from avray.demo.media import write_media
 CLASSES = tuple(str(d) for d in range(10))
 # The telephone keypad (DTMF): digit -> (row tone, column tone) in Hz.
 TONES: dict[int, tuple[float, float]] = {
-    1: (697.0, 1209.0), 2: (697.0, 1336.0), 3: (697.0, 1477.0),
-    4: (770.0, 1209.0), 5: (770.0, 1336.0), 6: (770.0, 1477.0),
-    7: (852.0, 1209.0), 8: (852.0, 1336.0), 9: (852.0, 1477.0),
+    1: (697.0, 1209.0),
+    2: (697.0, 1336.0),
+    3: (697.0, 1477.0),
+    4: (770.0, 1209.0),
+    5: (770.0, 1336.0),
+    6: (770.0, 1477.0),
+    7: (852.0, 1209.0),
+    8: (852.0, 1336.0),
+    9: (852.0, 1477.0),
     0: (941.0, 1336.0),
 }
 MAX_ONSET_S = 0.6  # picture and sound both start within this: every 2-s window has the digit
@@ -124,12 +130,15 @@ def make_demo_corpus(
     output = Path(output_dir)
     images = _digit_images()
     specs = plan_corpus(videos, seed, duration_s=duration_s, size=size, fps=fps, sample_rate=sample_rate)
-    jobs = [(spec, images[spec.digit_index], str(output / spec.label / f"digit_{spec.index:05d}.mp4")) for spec in specs]
+    jobs = [
+        (spec, images[spec.digit_index], str(output / spec.label / f"digit_{spec.index:05d}.mp4")) for spec in specs
+    ]
     return write_corpus(_write_one, jobs, progress, workers)
 
 
-def write_corpus(write_one: Callable[..., dict], jobs: list[tuple], progress: Callable[[str], None] | None,
-                 workers: int | None) -> list[dict]:
+def write_corpus(
+    write_one: Callable[..., dict], jobs: list[tuple], progress: Callable[[str], None] | None, workers: int | None
+) -> list[dict]:
     """Run ``write_one(*job)`` for every job, over a process pool when there is enough work,
     reporting progress; returns the rows sorted by their ``index``."""
     videos = len(jobs)
@@ -157,8 +166,9 @@ def write_corpus(write_one: Callable[..., dict], jobs: list[tuple], progress: Ca
     return sorted(rows, key=lambda r: r["index"])
 
 
-def plan_corpus(videos: int, seed: int, *, duration_s: float = 4.0, size: int = 96, fps: int = 24,
-                sample_rate: int = 22050) -> list[VideoSpec]:
+def plan_corpus(
+    videos: int, seed: int, *, duration_s: float = 4.0, size: int = 96, fps: int = 24, sample_rate: int = 22050
+) -> list[VideoSpec]:
     """The specs of a corpus, without writing anything (cheap; the corpus is a function of them)."""
     labels = np.random.default_rng([seed, 0x1AB]).permutation(np.arange(videos) % len(CLASSES))
     by_class = _indices_by_class()
@@ -168,8 +178,17 @@ def plan_corpus(videos: int, seed: int, *, duration_s: float = 4.0, size: int = 
     ]
 
 
-def draw_spec(seed: int, index: int, digit: int, by_class: dict[int, np.ndarray], *, duration_s: float,
-              size: int, fps: int, sample_rate: int) -> VideoSpec:
+def draw_spec(
+    seed: int,
+    index: int,
+    digit: int,
+    by_class: dict[int, np.ndarray],
+    *,
+    duration_s: float,
+    size: int,
+    fps: int,
+    sample_rate: int,
+) -> VideoSpec:
     """Draw video ``index``'s random choices from ``(seed, index)`` only."""
     rng = np.random.default_rng([seed, index])
     digit_index = int(rng.choice(by_class[digit]))
@@ -223,8 +242,9 @@ def digit_visibility(spec: VideoSpec, t: np.ndarray) -> np.ndarray:
     return np.clip((np.asarray(t, dtype=np.float64) - spec.video_onset_s) / 0.15, 0.0, 1.0)
 
 
-def render_frames(spec: VideoSpec, digit: np.ndarray,
-                  layers: Callable[[np.ndarray, int], None] | None = None) -> np.ndarray:
+def render_frames(
+    spec: VideoSpec, digit: np.ndarray, layers: Callable[[np.ndarray, int], None] | None = None
+) -> np.ndarray:
     """uint8 ``[N, size, size, 3]`` frames of the video; ``digit`` is the 8x8 load_digits image (0..16).
     ``layers(frame, i)``, if given, paints on frame ``i`` (float RGB in place) under the digit."""
     rng = np.random.default_rng([spec.noise_seed, 1])
@@ -240,7 +260,9 @@ def render_frames(spec: VideoSpec, digit: np.ndarray,
     tops, lefts = digit_position(spec, t)
     visible = digit_visibility(spec, t)
     frames = np.empty((n, s, s, 3), np.uint8)
-    noise = rng.integers(-255, 256, (n, s, s, 3), dtype=np.int16).astype(np.float32) * (spec.frame_noise * math.sqrt(3) / 255)
+    noise = rng.integers(-255, 256, (n, s, s, 3), dtype=np.int16).astype(np.float32) * (
+        spec.frame_noise * math.sqrt(3) / 255
+    )
     for i in range(n):
         frame = background + noise[i]
         if layers is not None:

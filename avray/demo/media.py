@@ -136,7 +136,9 @@ def write_media(
     ext = path.suffix.lower()
     if frames is None and audio is None:
         raise MediaWriteError("nothing to write: pass frames, audio or both")
-    if ext not in CODEC_DEFAULTS and (frames is not None and video_codec is None or audio is not None and audio_codec is None):
+    if ext not in CODEC_DEFAULTS and (
+        frames is not None and video_codec is None or audio is not None and audio_codec is None
+    ):
         raise MediaWriteError(f"no default codecs for {ext!r}; known: {', '.join(CODEC_DEFAULTS)} (or pass the codecs)")
     default_video, default_audio = CODEC_DEFAULTS.get(ext, (None, None))
     video_codec = _CODEC_ALIASES.get(video_codec or "", video_codec) or default_video

@@ -9,9 +9,9 @@ run left complete in ``output``, so re-running picks up where it stopped.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from avray.config import Config
 from avray.data.pipeline import prepare
@@ -50,8 +50,9 @@ def build_corpus(folder: Path, kind: str, videos: int, seed: int, say: Callable[
     say(f"  {videos} videos in {time.perf_counter() - start:.1f} s")
 
 
-def quality_run(cfg: Config, output: Path, *, kind: str, videos: int, test_videos: int, seed: int,
-                say: Callable[[str], None]) -> QualityResult:
+def quality_run(
+    cfg: Config, output: Path, *, kind: str, videos: int, test_videos: int, seed: int, say: Callable[[str], None]
+) -> QualityResult:
     """Run every step in ``output`` (corpus/, test-corpus/, clips/, pretrain/, eval/). Needs Ray
     initialised."""
     corpus, held_out, clips = output / "corpus", output / "test-corpus", output / "clips"
@@ -90,6 +91,8 @@ def headline_table(metrics: dict[str, float]) -> str:
             continue
         trained, baseline = metrics[key], metrics.get(f"baseline/{key}", float("nan"))
         ratio = trained / baseline if baseline else float("nan")
-        lines.append(f"{key:<26} {trained:>8.3f} {baseline:>8.3f} {ratio:>6.2f} "
-                     f"{'' if target is None else f'>= {target:.2f}':>7}")
+        lines.append(
+            f"{key:<26} {trained:>8.3f} {baseline:>8.3f} {ratio:>6.2f} "
+            f"{'' if target is None else f'>= {target:.2f}':>7}"
+        )
     return "\n".join(lines)

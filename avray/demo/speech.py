@@ -38,7 +38,7 @@ class SpeechError(RuntimeError):
 class Speaker:
     """A freshly loaded eSpeak NG; ``speaker(text, voice, ...)`` inside ``with``."""
 
-    def __enter__(self) -> "Speaker":
+    def __enter__(self) -> Speaker:
         try:
             import espeakng_loader
         except ImportError:
@@ -56,8 +56,16 @@ class Speaker:
             self.lib.espeak_SetSynthCallback(self.callback)
             self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
             self.lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-            self.lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                              ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+            self.lib.espeak_Synth.argtypes = [
+                ctypes.c_char_p,
+                ctypes.c_size_t,
+                ctypes.c_uint,
+                ctypes.c_int,
+                ctypes.c_uint,
+                ctypes.c_uint,
+                ctypes.c_void_p,
+                ctypes.c_void_p,
+            ]
         except BaseException:
             self._unload()
             raise
@@ -80,8 +88,9 @@ class Speaker:
             self.chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
         return 0  # 0: go on synthesising
 
-    def __call__(self, text: str, voice: str, *, rate: int = 175, pitch: int = 50, pitch_range: int = 50,
-                 volume: int = 100) -> np.ndarray:
+    def __call__(
+        self, text: str, voice: str, *, rate: int = 175, pitch: int = 50, pitch_range: int = 50, volume: int = 100
+    ) -> np.ndarray:
         """``text`` spoken by eSpeak NG ``voice`` (a language, optionally ``+variant``, e.g.
         ``en+m3``): float32 [S] in [-1, 1] at :data:`SAMPLE_RATE`, leading and trailing
         silence trimmed. ``rate`` in words per minute (80-450), ``pitch`` and ``pitch_range``
@@ -98,7 +107,7 @@ class Speaker:
         samples = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
         samples = samples.astype(np.float32) / 32768.0
         loud = np.flatnonzero(np.abs(samples) > 1e-3)
-        return samples[loud[0]: loud[-1] + 1] if len(loud) else samples
+        return samples[loud[0] : loud[-1] + 1] if len(loud) else samples
 
 
 def synthesize(text: str, voice: str, **parameters: int) -> np.ndarray:

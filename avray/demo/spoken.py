@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from scipy.signal import fftconvolve, lfilter, resample_poly
@@ -135,24 +135,41 @@ def make_spoken_corpus(
     output = Path(output_dir)
     images = _digit_images()
     specs = plan_spoken_corpus(videos, seed, duration_s=duration_s, size=size, fps=fps, sample_rate=sample_rate)
-    jobs = [(spec, images[spec.picture.digit_index], str(output / spec.label / f"spoken_{spec.index:05d}.mp4"))
-            for spec in specs]
+    jobs = [
+        (spec, images[spec.picture.digit_index], str(output / spec.label / f"spoken_{spec.index:05d}.mp4"))
+        for spec in specs
+    ]
     return write_corpus(_write_one, jobs, progress, workers)
 
 
-def plan_spoken_corpus(videos: int, seed: int, *, duration_s: float = 4.0, size: int = 96, fps: int = 12,
-                       sample_rate: int = 44_100) -> list[SpokenSpec]:
+def plan_spoken_corpus(
+    videos: int, seed: int, *, duration_s: float = 4.0, size: int = 96, fps: int = 12, sample_rate: int = 44_100
+) -> list[SpokenSpec]:
     labels = np.random.default_rng([seed, 0x5B0]).permutation(np.arange(videos) % len(CLASSES))
     by_class = _indices_by_class()
-    return [draw_spoken_spec(seed, i, int(labels[i]), by_class, duration_s=duration_s, size=size, fps=fps,
-                             sample_rate=sample_rate) for i in range(videos)]
+    return [
+        draw_spoken_spec(
+            seed, i, int(labels[i]), by_class, duration_s=duration_s, size=size, fps=fps, sample_rate=sample_rate
+        )
+        for i in range(videos)
+    ]
 
 
-def draw_spoken_spec(seed: int, index: int, digit: int, by_class: dict[int, np.ndarray], *, duration_s: float,
-                     size: int, fps: int, sample_rate: int) -> SpokenSpec:
+def draw_spoken_spec(
+    seed: int,
+    index: int,
+    digit: int,
+    by_class: dict[int, np.ndarray],
+    *,
+    duration_s: float,
+    size: int,
+    fps: int,
+    sample_rate: int,
+) -> SpokenSpec:
     """Video ``index``'s random choices, from ``(seed, index)`` only."""
-    picture = draw_spec(seed, index, digit, by_class, duration_s=duration_s, size=size, fps=fps,
-                        sample_rate=sample_rate)
+    picture = draw_spec(
+        seed, index, digit, by_class, duration_s=duration_s, size=size, fps=fps, sample_rate=sample_rate
+    )
     rng = np.random.default_rng([seed, index, 0x5B0])
     language = str(rng.choice(LANGUAGES))
     return SpokenSpec(
@@ -190,10 +207,15 @@ def draw_spoken_spec(seed: int, index: int, digit: int, by_class: dict[int, np.n
 
 def _draw_distractor(rng: np.random.Generator, size: int) -> Distractor:
     speed, angle = rng.uniform(0.1, 0.5) * size, rng.uniform(0, 2 * math.pi)
-    return Distractor(shape=str(rng.choice(SHAPES)), rgb=tuple(float(c) for c in rng.uniform(0, 1, 3)),
-                      radius=float(rng.uniform(0.06, 0.16) * size), x0=float(rng.uniform(0, size)),
-                      y0=float(rng.uniform(0, size)), vx=float(speed * math.cos(angle)),
-                      vy=float(speed * math.sin(angle)))
+    return Distractor(
+        shape=str(rng.choice(SHAPES)),
+        rgb=tuple(float(c) for c in rng.uniform(0, 1, 3)),
+        radius=float(rng.uniform(0.06, 0.16) * size),
+        x0=float(rng.uniform(0, size)),
+        y0=float(rng.uniform(0, size)),
+        vx=float(speed * math.cos(angle)),
+        vy=float(speed * math.sin(angle)),
+    )
 
 
 def render_spoken_frames(spec: SpokenSpec, digit: np.ndarray) -> np.ndarray:
@@ -212,7 +234,8 @@ def render_spoken_frames(spec: SpokenSpec, digit: np.ndarray) -> np.ndarray:
     texture = (spec.texture_amplitude * texture)[..., None].astype(np.float32)
     cast = np.asarray(spec.cast_rgb, np.float32)
     flicker = 1 + spec.flicker * np.random.default_rng([spec.noise_seed, 3]).standard_normal(
-        int(round(picture.duration_s * picture.fps)))
+        int(round(picture.duration_s * picture.fps))
+    )
 
     def clutter(frame: np.ndarray, i: int) -> None:
         frame += texture
@@ -237,9 +260,13 @@ def utterances(spec: SpokenSpec, rng: np.random.Generator) -> tuple[np.ndarray, 
     t = spec.audio_onset_s
     with Speaker() as speak:
         while t < spec.picture.duration_s:
-            word = speak(spec.label, spec.voice, rate=int(spec.rate * rng.uniform(0.9, 1.1)),
-                         pitch=int(np.clip(spec.pitch + rng.integers(-8, 9), 0, 100)),
-                         pitch_range=spec.pitch_range)
+            word = speak(
+                spec.label,
+                spec.voice,
+                rate=int(spec.rate * rng.uniform(0.9, 1.1)),
+                pitch=int(np.clip(spec.pitch + rng.integers(-8, 9), 0, 100)),
+                pitch_range=spec.pitch_range,
+            )
             word = resample_poly(word, sr, SPEECH_RATE) * rng.uniform(0.6, 1.0)
             start = int(t * sr)
             stop = min(total, start + len(word))
@@ -261,7 +288,7 @@ def render_spoken_audio(spec: SpokenSpec) -> np.ndarray:
     speech = (1 - spec.reverb_mix) * speech + spec.reverb_mix * wet * (np.std(speech) / (np.std(wet) or 1.0))
     speech = lfilter([1 - abs(spec.tilt)], [1, -spec.tilt], speech)
     speech /= np.abs(speech).max() or 1.0
-    rms = math.sqrt(float(np.mean(speech ** 2)) or 1e-6)
+    rms = math.sqrt(float(np.mean(speech**2)) or 1e-6)
     k = np.arange(total) / sr
     hum = sum(np.sin(2 * np.pi * h * spec.hum_hz * k + rng.uniform(0, 2 * np.pi)) / h for h in (1, 2, 3))
     drone = np.sin(2 * np.pi * spec.drone_hz * k)
@@ -288,9 +315,9 @@ def _wrap(value: float, size: int) -> float:
 def _shape_mask(d: Distractor, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     r = d.radius
     if d.shape == "disc":
-        return dx ** 2 + dy ** 2 <= r ** 2
+        return dx**2 + dy**2 <= r**2
     if d.shape == "ring":
-        return np.abs(np.sqrt(dx ** 2 + dy ** 2) - 0.8 * r) <= 0.25 * r
+        return np.abs(np.sqrt(dx**2 + dy**2) - 0.8 * r) <= 0.25 * r
     if d.shape == "square":
         return (np.abs(dx) <= 0.8 * r) & (np.abs(dy) <= 0.8 * r)
     return (np.abs(dx) <= 1.4 * r) & (np.abs(dy) <= 0.25 * r)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import psutil
 
@@ -39,7 +39,7 @@ class ResourceMonitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "ResourceMonitor":
+    def __enter__(self) -> ResourceMonitor:
         self._machine = psutil.cpu_times()
         self.sample()
         self._baseline = {pid: cpu for pid, (_, cpu) in self._latest.items()}
@@ -78,8 +78,13 @@ class ResourceMonitor:
                     if self.memory:
                         total += proc.memory_full_info().pss
                     times = proc.cpu_times()
-                    kind = ("this process" if proc.pid == root.pid
-                            else "Ray workers" if proc.name().startswith("ray::") else "other processes")
+                    kind = (
+                        "this process"
+                        if proc.pid == root.pid
+                        else "Ray workers"
+                        if proc.name().startswith("ray::")
+                        else "other processes"
+                    )
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
             self._latest[proc.pid] = (kind, times.user + times.system)
@@ -102,8 +107,9 @@ class StreamStats:
         return self.clips / self.seconds if self.seconds > 0 else 0.0
 
 
-def consume(dataset, batch_size: int = 32, progress: Callable[[str], None] | None = None,
-            every_s: float = 5.0) -> StreamStats:
+def consume(
+    dataset, batch_size: int = 32, progress: Callable[[str], None] | None = None, every_s: float = 5.0
+) -> StreamStats:
     """Iterate ``dataset`` to the end (as a trainer would), counting clips per label."""
     start = last = time.perf_counter()
     clips, labels = 0, {}

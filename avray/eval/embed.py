@@ -10,9 +10,9 @@ float32 fixed-size lists: plain parquet that pandas, pyarrow or Spark read witho
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -63,11 +63,11 @@ class ModelSpec:
     config: dict | None = None
 
     @classmethod
-    def trained(cls, checkpoint: str | Path) -> "ModelSpec":
+    def trained(cls, checkpoint: str | Path) -> ModelSpec:
         return cls(checkpoint=str(checkpoint))
 
     @classmethod
-    def random_init(cls, cfg: Config) -> "ModelSpec":
+    def random_init(cls, cfg: Config) -> ModelSpec:
         return cls(config=cfg.to_dict())
 
     def build(self) -> torch.nn.Module:
@@ -109,8 +109,13 @@ class EmbedClips:
         return pa.table(columns)
 
 
-def embed_dataset(clips: ray.data.Dataset, models: Mapping[str, ModelSpec] | ModelSpec, *, batch_size: int = 64,
-                  actors: int | None = None) -> ray.data.Dataset:
+def embed_dataset(
+    clips: ray.data.Dataset,
+    models: Mapping[str, ModelSpec] | ModelSpec,
+    *,
+    batch_size: int = 64,
+    actors: int | None = None,
+) -> ray.data.Dataset:
     """Embed a dataset of clip rows (lazy, streaming).
 
     ``models`` maps a column prefix to a model: ``{"": trained, "baseline/": random}`` gives
@@ -155,7 +160,7 @@ class EmbeddingTable:
     fused: np.ndarray
 
     @classmethod
-    def from_arrow(cls, table: pa.Table, prefix: str = "") -> "EmbeddingTable":
+    def from_arrow(cls, table: pa.Table, prefix: str = "") -> EmbeddingTable:
         table = table.sort_by("clip_id")
 
         def matrix(name: str) -> np.ndarray:

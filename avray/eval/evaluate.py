@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -108,7 +108,8 @@ def label_metrics(table: EmbeddingTable, seed: int, folds: int) -> tuple[dict[st
             fused_predictions = probe.predictions
     for direction, (query, gallery) in DIRECTIONS.items():
         metrics[f"retrieval/{direction}/class_map"] = class_mean_average_precision(
-            getattr(table, query), getattr(table, gallery), labels, labels)
+            getattr(table, query), getattr(table, gallery), labels, labels
+        )
     return metrics, fused_predictions
 
 
@@ -132,8 +133,9 @@ def all_metrics(table: EmbeddingTable, cfg: Config, folds: int) -> tuple[dict[st
     return {k: v for k, v in metrics.items() if math.isfinite(v)}, predictions
 
 
-def write_plots(trained: EmbeddingTable, baseline: EmbeddingTable, predictions: np.ndarray | None,
-                folder: Path, seed: int) -> list[Path]:
+def write_plots(
+    trained: EmbeddingTable, baseline: EmbeddingTable, predictions: np.ndarray | None, folder: Path, seed: int
+) -> list[Path]:
     """The fused PCA map, recall@k curves (trained vs baseline) and the fused probe's confusion matrix."""
     folder.mkdir(parents=True, exist_ok=True)
     ranks = {
@@ -143,8 +145,10 @@ def write_plots(trained: EmbeddingTable, baseline: EmbeddingTable, predictions: 
     }
     with_labels = labelled(trained)
     colour_by = None if with_labels is None else np.array(["(none)" if v is None else str(v) for v in trained.labels])
-    plots = [plot_projection(trained.fused, colour_by, folder / "fused_pca.png", seed),
-             plot_recall_curves(ranks, folder / "retrieval_recall.png")]
+    plots = [
+        plot_projection(trained.fused, colour_by, folder / "fused_pca.png", seed),
+        plot_recall_curves(ranks, folder / "retrieval_recall.png"),
+    ]
     if predictions is not None and len(predictions):
         plots.append(plot_confusion(with_labels.labels.astype(str), predictions, folder / "probe_confusion_fused.png"))
     return plots
@@ -175,8 +179,9 @@ def find_pretraining_run(checkpoint: Path) -> tuple[Path, str] | None:
     return None
 
 
-def open_tracker(cfg: Config, pretraining_run: tuple[Path, str] | None, checkpoint: Path,
-                 output: Path) -> Tracker | None:
+def open_tracker(
+    cfg: Config, pretraining_run: tuple[Path, str] | None, checkpoint: Path, output: Path
+) -> Tracker | None:
     """The pretraining run's tracker when known, else a new run named "evaluate"; None (and a
     warning) when no MLflow server answers to create one: the results are on disk anyway."""
     if pretraining_run is not None:
@@ -184,8 +189,12 @@ def open_tracker(cfg: Config, pretraining_run: tuple[Path, str] | None, checkpoi
         # The run folder's tracking URI: by default the sqlite file pretraining wrote there.
         return Tracker(tracking_uri(cfg.tracking, str(run_folder)), cfg.tracking.experiment, run_id=run_id)
     try:
-        return Tracker(tracking_uri(cfg.tracking, str(output)), cfg.tracking.experiment, run_name="evaluate",
-                       tags={"avray.job": "evaluate", "avray.checkpoint": str(checkpoint)})
+        return Tracker(
+            tracking_uri(cfg.tracking, str(output)),
+            cfg.tracking.experiment,
+            run_name="evaluate",
+            tags={"avray.job": "evaluate", "avray.checkpoint": str(checkpoint)},
+        )
     except Exception as err:  # noqa: BLE001 - tracking must not lose a finished evaluation
         logger.warning("MLflow unavailable (%s): evaluation results are only in %s", err, output)
         return None
@@ -202,9 +211,17 @@ def log_to_mlflow(tracker: Tracker, metrics: dict[str, float], files: Sequence[P
         tracker.flush()
 
 
-def evaluate(checkpoint: str | Path, data: str | DataSource, output: str | Path, *, cfg_overrides: Sequence[str] = (),
-             track: bool = True, batch_size: int = 64, folds: int = 5,
-             progress: Callable[[str], None] = print) -> EvalResult:
+def evaluate(
+    checkpoint: str | Path,
+    data: str | DataSource,
+    output: str | Path,
+    *,
+    cfg_overrides: Sequence[str] = (),
+    track: bool = True,
+    batch_size: int = 64,
+    folds: int = 5,
+    progress: Callable[[str], None] = print,
+) -> EvalResult:
     """Embed ``data`` with the checkpoint and with its random initialisation, score both, and
     write ``output/metrics.json``, ``output/embeddings.parquet`` (trained model) and
     ``output/plots/*.png``; log them to MLflow unless ``track`` is False.
@@ -231,9 +248,12 @@ def evaluate(checkpoint: str | Path, data: str | DataSource, output: str | Path,
     metrics, predictions = all_metrics(trained, cfg, folds)
     baseline_metrics, _ = all_metrics(baseline, cfg, folds)
     metrics.update({BASELINE_PREFIX + k: v for k, v in baseline_metrics.items()})
-    metrics.update(clips=len(trained), labelled_clips=labelled_count(trained.labels)[0],
-                   videos=len(set(trained.sources.tolist())),
-                   skipped_videos=len(clips.report().skipped))
+    metrics.update(
+        clips=len(trained),
+        labelled_clips=labelled_count(trained.labels)[0],
+        videos=len(set(trained.sources.tolist())),
+        skipped_videos=len(clips.report().skipped),
+    )
     (output / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True))
     plots = write_plots(trained, baseline, predictions, output / PLOTS_FOLDER, cfg.train.seed)
 
@@ -243,5 +263,6 @@ def evaluate(checkpoint: str | Path, data: str | DataSource, output: str | Path,
         epoch = load_state(folder)["epoch"] + 1
         # A run of its own is closed here; the pretraining run was closed by pretraining.
         log_to_mlflow(tracker, metrics, [output / METRICS_FILE, *plots], epoch, finish=pretraining_run is None)
-    return EvalResult(metrics, output, folder, plots, tracker.run_id if tracker else None,
-                      tracker.uri if tracker else None)
+    return EvalResult(
+        metrics, output, folder, plots, tracker.run_id if tracker else None, tracker.uri if tracker else None
+    )

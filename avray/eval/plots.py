@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import matplotlib
 
@@ -23,8 +23,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_projection(embeddings: np.ndarray, labels: np.ndarray | None, path: Path, seed: int = 0,
-                    title: str = "fused embeddings (PCA)") -> Path:
+def plot_projection(
+    embeddings: np.ndarray, labels: np.ndarray | None, path: Path, seed: int = 0, title: str = "fused embeddings (PCA)"
+) -> Path:
     """2-D PCA of the L2-normalised ``embeddings`` [N, D], one colour per label.
 
     PCA rather than t-SNE: linear, deterministic and fast, so it shows the structure a linear
@@ -63,8 +64,9 @@ def plot_recall_curves(ranks: Mapping[str, np.ndarray], path: Path, max_k: int =
     return _save(fig, path)
 
 
-def plot_confusion(labels: np.ndarray, predictions: np.ndarray, path: Path,
-                   title: str = "linear probe (fused), out-of-fold") -> Path:
+def plot_confusion(
+    labels: np.ndarray, predictions: np.ndarray, path: Path, title: str = "linear probe (fused), out-of-fold"
+) -> Path:
     """Row-normalised confusion matrix (rows: true label, columns: predicted), counts written in."""
     classes = sorted(set(labels.tolist()) | set(predictions.tolist()))
     counts = confusion_matrix(labels, predictions, labels=classes)

@@ -34,8 +34,7 @@ class LogMel(nn.Module):
 
     def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int) -> None:
         super().__init__()
-        self.mel = MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length,
-                                  n_mels=n_mels)
+        self.mel = MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels)
         # Training-time masks (avray.models.augment.SpecAugment, set by the model); no state.
         self.masking: nn.Module = nn.Identity()
 
@@ -64,17 +63,21 @@ def audio_backbone(width: int, depth: int) -> nn.Sequential:
     hop-length frames are far denser than the video's. 64 mels × 201 frames ends as an
     8×13 grid at depth 3. [B, 1, n_mels, frames] -> [B, width * 2**(depth-1), F', T']
     """
-    stages = [nn.Sequential(
-        nn.Conv2d(1, width, 3, stride=(2, 4), padding=1, bias=False),
-        nn.BatchNorm2d(width),
-        nn.ReLU(inplace=True),
-        conv_bn_relu(width, width, stride=1),
-    )]
+    stages = [
+        nn.Sequential(
+            nn.Conv2d(1, width, 3, stride=(2, 4), padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            conv_bn_relu(width, width, stride=1),
+        )
+    ]
     for stage in range(1, depth):
-        stages.append(nn.Sequential(
-            conv_bn_relu(width * 2 ** (stage - 1), width * 2 ** stage, stride=2),
-            conv_bn_relu(width * 2 ** stage, width * 2 ** stage, stride=1),
-        ))
+        stages.append(
+            nn.Sequential(
+                conv_bn_relu(width * 2 ** (stage - 1), width * 2**stage, stride=2),
+                conv_bn_relu(width * 2**stage, width * 2**stage, stride=1),
+            )
+        )
     return nn.Sequential(*stages)
 
 

@@ -86,8 +86,9 @@ def resized_crop_flip(frames: Tensor, cfg: VideoAugmentConfig, gen: torch.Genera
     theta[:, 0, 0], theta[:, 0, 2] = width * flip, cx
     theta[:, 1, 1], theta[:, 1, 2] = height, cy
     grid = F.affine_grid(theta, (b, c * t, h, w), align_corners=False)
-    out = F.grid_sample(frames.reshape(b, c * t, h, w), grid, mode="bilinear", padding_mode="border",
-                        align_corners=False)
+    out = F.grid_sample(
+        frames.reshape(b, c * t, h, w), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
     return out.reshape(b, c, t, h, w)
 
 
@@ -195,8 +196,9 @@ class Augmenter:
         for view in range(count):
             gen = torch.Generator(device=video.device)
             gen.manual_seed(int(np.random.SeedSequence([self.cfg.seed, rank, step, view]).generate_state(1)[0]))
-            out.append((augment_video(video, self.cfg.video, gen),
-                        augment_audio(audio, self.cfg.audio, self.sample_rate, gen)))
+            out.append(
+                (augment_video(video, self.cfg.video, gen), augment_audio(audio, self.cfg.audio, self.sample_rate, gen))
+            )
         return out
 
 

@@ -57,8 +57,9 @@ class ResNet18Audio(nn.Module):
         self.log_mel = LogMel(sample_rate, cfg.n_fft, cfg.hop_length, cfg.n_mels)
         net = resnet18(weights=None)
         net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.stages = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3,
-                                    net.layer4)
+        self.stages = nn.Sequential(
+            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+        )
 
     def forward(self, audio: Tensor) -> EncoderOutput:
         return _tokens(self.stages(self.log_mel(audio)))

@@ -29,15 +29,17 @@ def crop_extents(grid: tuple[int, ...], keep_fraction: float) -> list[int]:
     target = keep_fraction * math.prod(grid)
     while True:
         volume = math.prod(extents)
-        improving = [axis for axis, extent in enumerate(extents)
-                     if extent > 1 and abs(volume // extent * (extent - 1) - target) < abs(volume - target)]
+        improving = [
+            axis
+            for axis, extent in enumerate(extents)
+            if extent > 1 and abs(volume // extent * (extent - 1) - target) < abs(volume - target)
+        ]
         if not improving:
             return extents
         extents[improving[int(torch.randint(len(improving), ()))]] -= 1
 
 
-def random_box_mask(batch: int, grid: tuple[int, ...], keep_fraction: float,
-                    device: torch.device) -> Tensor:
+def random_box_mask(batch: int, grid: tuple[int, ...], keep_fraction: float, device: torch.device) -> Tensor:
     """One random axis-aligned box per sample covering about ``keep_fraction`` of ``grid``:
     side lengths from :func:`crop_extents`, shared by the batch; offsets uniform, per sample.
     Returns bool [B, *grid], True inside the box.
@@ -80,6 +82,7 @@ class SpaceTimeCropAttend(nn.Module):
     def forward(self, feature_map: Tensor) -> Tensor:
         tokens = self.norm(feature_map.flatten(2).transpose(1, 2))  # [B, N, D]
         query = self.query.expand(tokens.shape[0], -1, -1)
-        pooled, _ = self.attention(query, tokens, tokens, key_padding_mask=self.crop_mask(feature_map),
-                                   need_weights=False)
+        pooled, _ = self.attention(
+            query, tokens, tokens, key_padding_mask=self.crop_mask(feature_map), need_weights=False
+        )
         return pooled.squeeze(1)

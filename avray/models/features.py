@@ -36,6 +36,8 @@ class FeatureModel(JointHeads):
         video_out, audio_out = _as_output(video), _as_output(audio)
         for name, out in (("video", video_out), ("audio", audio_out)):
             if out.pooled.shape[-1] != self.feature_dims[name]:
-                raise ValueError(f"{name} features are {out.pooled.shape[-1]} wide; the model was built for "
-                                 f"{self.feature_dims[name]}")
+                raise ValueError(
+                    f"{name} features are {out.pooled.shape[-1]} wide; the model was built for "
+                    f"{self.feature_dims[name]}"
+                )
         return self.joint_outputs(video_out, audio_out)

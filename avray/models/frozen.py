@@ -52,8 +52,10 @@ def _architecture(name: str, modality: str, model_cfg: ModelConfig, data_cfg: Da
     try:
         module = __import__(f"{library}.models", fromlist=["models"])
     except ImportError:
-        raise ConfigError(f"frozen.{modality}.architecture={name} needs {library}: pip install "
-                          f"'{library}' matching torch (see constraints.txt)") from None
+        raise ConfigError(
+            f"frozen.{modality}.architecture={name} needs {library}: pip install "
+            f"'{library}' matching torch (see constraints.txt)"
+        ) from None
     if library == "torchvision":
         try:
             return module.get_model(builder, weights=None)
@@ -64,8 +66,9 @@ def _architecture(name: str, modality: str, model_cfg: ModelConfig, data_cfg: Da
     return getattr(module, builder)()
 
 
-def load_module(section: FrozenVideoConfig | FrozenAudioConfig, modality: str, model_cfg: ModelConfig,
-                data_cfg: DataConfig) -> nn.Module:
+def load_module(
+    section: FrozenVideoConfig | FrozenAudioConfig, modality: str, model_cfg: ModelConfig, data_cfg: DataConfig
+) -> nn.Module:
     """The user's encoder, in eval mode with gradients off."""
     if section.path is None:
         raise ConfigError(f"frozen.{modality}.path is not set: give a TorchScript file or a state dict")
@@ -74,15 +77,19 @@ def load_module(section: FrozenVideoConfig | FrozenAudioConfig, modality: str, m
         try:
             module = torch.jit.load(blob, map_location="cpu")
         except RuntimeError as err:
-            raise ConfigError(f"frozen.{modality}.path {section.path!r} is not a TorchScript file ({err}); "
-                              f"for a state dict set frozen.{modality}.architecture") from None
+            raise ConfigError(
+                f"frozen.{modality}.path {section.path!r} is not a TorchScript file ({err}); "
+                f"for a state dict set frozen.{modality}.architecture"
+            ) from None
     else:
         module = _architecture(section.architecture, modality, model_cfg, data_cfg)
         try:
             state = torch.load(blob, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - torch raises several types for files it cannot read
-            raise ConfigError(f"frozen.{modality}.path {section.path!r} is not a state dict of tensors "
-                              f"({type(err).__name__}); for a TorchScript file leave architecture unset") from None
+            raise ConfigError(
+                f"frozen.{modality}.path {section.path!r} is not a state dict of tensors "
+                f"({type(err).__name__}); for a TorchScript file leave architecture unset"
+            ) from None
         if section.architecture == "avray" and "module" in state:
             # An avray checkpoint's state.pt: take this modality's encoder out of the whole module.
             prefix = f"model.{modality}_encoder."
@@ -90,12 +97,16 @@ def load_module(section: FrozenVideoConfig | FrozenAudioConfig, modality: str, m
         try:
             module.load_state_dict(state)
         except RuntimeError as err:
-            raise ConfigError(f"frozen.{modality}: the state dict in {section.path!r} does not fit "
-                              f"{section.architecture}: {str(err).splitlines()[0]}") from None
+            raise ConfigError(
+                f"frozen.{modality}: the state dict in {section.path!r} does not fit "
+                f"{section.architecture}: {str(err).splitlines()[0]}"
+            ) from None
     if section.strip:
         if isinstance(module, torch.jit.ScriptModule):
-            raise ConfigError(f"frozen.{modality}.strip works on state-dict architectures; a TorchScript "
-                              "encoder cannot be edited: export one that returns features")
+            raise ConfigError(
+                f"frozen.{modality}.strip works on state-dict architectures; a TorchScript "
+                "encoder cannot be edited: export one that returns features"
+            )
         if not hasattr(module, section.strip):
             raise ConfigError(f"frozen.{modality}.strip: the encoder has no attribute {section.strip!r}")
         setattr(module, section.strip, nn.Identity())
@@ -166,5 +177,7 @@ def build_frozen_encoders(cfg) -> tuple[FrozenVideoEncoder, FrozenAudioEncoder]:
     """Both frozen encoders of ``cfg.frozen`` (a full :class:`avray.config.Config`)."""
     video = load_module(cfg.frozen.video, "video", cfg.model, cfg.data)
     audio = load_module(cfg.frozen.audio, "audio", cfg.model, cfg.data)
-    return (FrozenVideoEncoder(video, cfg.frozen.video).eval(),
-            FrozenAudioEncoder(audio, cfg.frozen.audio, cfg.data.sample_rate).eval())
+    return (
+        FrozenVideoEncoder(video, cfg.frozen.video).eval(),
+        FrozenAudioEncoder(audio, cfg.frozen.audio, cfg.data.sample_rate).eval(),
+    )

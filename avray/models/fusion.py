@@ -6,7 +6,7 @@ the model and the objectives do not care which one the config picked.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn

@@ -50,8 +50,9 @@ class AVModel(JointHeads):
         return self.joint_outputs(self.video_encoder(video), self.audio_encoder(audio))
 
 
-def build_model(model_cfg: ModelConfig, data_cfg: DataConfig,
-                augment: AugmentConfig | None = None) -> AVModel | FeatureModel:
+def build_model(
+    model_cfg: ModelConfig, data_cfg: DataConfig, augment: AugmentConfig | None = None
+) -> AVModel | FeatureModel:
     """Validate both configs and build the model for clips of ``data_cfg``'s shape, or, with
     ``model.inputs: features``, heads and fusion over frozen encoders' features. ``augment``:
     the training config's, for the augmentation that lives inside the model."""
@@ -72,8 +73,10 @@ def check_model_config(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
         return
     widths = encoder_widths(model_cfg)
     if model_cfg.crop_attend and widths["video"] % model_cfg.attention_heads:
-        raise ConfigError(f"model.crop_attend needs the video encoder's width ({widths['video']}) to be divisible "
-                          f"by model.attention_heads ({model_cfg.attention_heads})")
+        raise ConfigError(
+            f"model.crop_attend needs the video encoder's width ({widths['video']}) to be divisible "
+            f"by model.attention_heads ({model_cfg.attention_heads})"
+        )
     if model_cfg.n_fft > data_cfg.num_samples:
         raise ConfigError(
             f"model.n_fft ({model_cfg.n_fft}) must not exceed the clip's {data_cfg.num_samples} audio samples"

@@ -16,8 +16,8 @@ with ``out_dim``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 
@@ -65,8 +65,10 @@ def _lookup(registry: dict[str, Registered], key: str, name: str) -> Registered:
 
 def encoder_widths(cfg: ModelConfig) -> dict[str, int]:
     """``{"video": Dv, "audio": Da}``: the widths the configured encoders declare."""
-    return {"video": _lookup(VIDEO_ENCODERS, "video_encoder", cfg.video_encoder).width(cfg),
-            "audio": _lookup(AUDIO_ENCODERS, "audio_encoder", cfg.audio_encoder).width(cfg)}
+    return {
+        "video": _lookup(VIDEO_ENCODERS, "video_encoder", cfg.video_encoder).width(cfg),
+        "audio": _lookup(AUDIO_ENCODERS, "audio_encoder", cfg.audio_encoder).width(cfg),
+    }
 
 
 def build_video_encoder(cfg: ModelConfig, data: DataConfig) -> nn.Module:

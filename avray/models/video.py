@@ -25,8 +25,13 @@ class FrameNormalize(nn.Module):
     the training device.
     """
 
-    def __init__(self, per_clip: bool = True, mean: tuple[float, ...] = KINETICS_MEAN,
-                 std: tuple[float, ...] = KINETICS_STD, eps: float = 1e-3) -> None:
+    def __init__(
+        self,
+        per_clip: bool = True,
+        mean: tuple[float, ...] = KINETICS_MEAN,
+        std: tuple[float, ...] = KINETICS_STD,
+        eps: float = 1e-3,
+    ) -> None:
         super().__init__()
         self.per_clip = per_clip
         self.eps = eps
@@ -37,9 +42,7 @@ class FrameNormalize(nn.Module):
 
     def forward(self, video: Tensor) -> Tensor:
         if video.dtype != torch.uint8 or video.dim() != 5 or video.shape[-1] != 3:
-            raise ValueError(
-                f"video must be uint8 [B, T, H, W, 3], got {video.dtype} {tuple(video.shape)}"
-            )
+            raise ValueError(f"video must be uint8 [B, T, H, W, 3], got {video.dtype} {tuple(video.shape)}")
         frames = video.permute(0, 4, 1, 2, 3).float() / 255.0
         if self.per_clip:
             # eps keeps a flat (e.g. black) clip finite: it maps to zeros.
@@ -55,19 +58,31 @@ class Conv2Plus1D(nn.Sequential):
     [B, C_in, T, H, W] -> [B, C_out, T / temporal_stride, H / spatial_stride, W / spatial_stride]
     """
 
-    def __init__(self, in_channels: int, out_channels: int, spatial_kernel: int = 3,
-                 spatial_stride: int = 1, temporal_stride: int = 1) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        spatial_kernel: int = 3,
+        spatial_stride: int = 1,
+        temporal_stride: int = 1,
+    ) -> None:
         # "Same" padding, minus what the stride skips anyway: a patchifying conv
         # (kernel == stride) tiles the frame exactly and needs none.
         spatial_pad = (spatial_kernel - spatial_stride + 1) // 2
         super().__init__(
-            nn.Conv3d(in_channels, out_channels, (1, spatial_kernel, spatial_kernel),
-                      stride=(1, spatial_stride, spatial_stride), padding=(0, spatial_pad, spatial_pad),
-                      bias=False),
+            nn.Conv3d(
+                in_channels,
+                out_channels,
+                (1, spatial_kernel, spatial_kernel),
+                stride=(1, spatial_stride, spatial_stride),
+                padding=(0, spatial_pad, spatial_pad),
+                bias=False,
+            ),
             nn.BatchNorm3d(out_channels),
             nn.ReLU(inplace=True),
-            nn.Conv3d(out_channels, out_channels, (3, 1, 1), stride=(temporal_stride, 1, 1),
-                      padding=(1, 0, 0), bias=False),
+            nn.Conv3d(
+                out_channels, out_channels, (3, 1, 1), stride=(temporal_stride, 1, 1), padding=(1, 0, 0), bias=False
+            ),
             nn.BatchNorm3d(out_channels),
             nn.ReLU(inplace=True),
         )
@@ -82,8 +97,7 @@ def video_backbone(width: int, depth: int) -> nn.Sequential:
     """
     stages = [Conv2Plus1D(3, width, spatial_kernel=4, spatial_stride=4)]
     for stage in range(1, depth):
-        stages.append(Conv2Plus1D(width * 2 ** (stage - 1), width * 2 ** stage,
-                                  spatial_stride=2, temporal_stride=2))
+        stages.append(Conv2Plus1D(width * 2 ** (stage - 1), width * 2**stage, spatial_stride=2, temporal_stride=2))
     return nn.Sequential(*stages)
 
 
@@ -103,8 +117,9 @@ class VideoEncoder(nn.Module):
         self.out_dim = video_width(cfg)
         self.normalize = FrameNormalize(per_clip=cfg.video_norm == "clip")
         self.backbone = video_backbone(cfg.video_width, cfg.video_depth)
-        self.crop_attend = (SpaceTimeCropAttend(self.out_dim, cfg.attention_heads, cfg.mask_ratio)
-                            if cfg.crop_attend else None)
+        self.crop_attend = (
+            SpaceTimeCropAttend(self.out_dim, cfg.attention_heads, cfg.mask_ratio) if cfg.crop_attend else None
+        )
 
     def forward(self, video: Tensor) -> EncoderOutput:
         feature_map = self.backbone(self.normalize(video))  # [B, Dv, T', H', W']

@@ -21,8 +21,9 @@ run continues exactly. The loop (``avray.train.loop``) calls, for every enabled 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -82,8 +82,9 @@ class ClusterContrastive(Objective):
         self.heads = nn.ModuleDict({m: nn.Linear(dims[m], num_clusters) for m in ("video", "audio")})
 
     @classmethod
-    def from_config(cls, cfg: ClusterContrastiveConfig, dims: dict[str, int],
-                    gather_distributed: bool) -> "ClusterContrastive":
+    def from_config(
+        cls, cfg: ClusterContrastiveConfig, dims: dict[str, int], gather_distributed: bool
+    ) -> ClusterContrastive:
         return cls(dims, cfg.num_clusters, cfg.temperature, cfg.entropy_weight, gather_distributed)
 
     def assignments(self, outputs: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -60,10 +60,16 @@ def _covariances(h1: Tensor, h2: Tensor, eps: float, sync: bool) -> tuple[Tensor
     """Ridge-regularised Σ11, Σ22 and Σ12 of the (global) batch, float64, and whether the
     statistics were finite (if not, the covariances are those of zeros)."""
     n, d1, d2 = h1.shape[0], h1.shape[1], h2.shape[1]
-    stats = torch.cat([
-        h1.new_full((1,), float(n)), h1.sum(0), h2.sum(0),
-        (h1.T @ h1).flatten(), (h2.T @ h2).flatten(), (h1.T @ h2).flatten(),
-    ])
+    stats = torch.cat(
+        [
+            h1.new_full((1,), float(n)),
+            h1.sum(0),
+            h2.sum(0),
+            (h1.T @ h1).flatten(),
+            (h2.T @ h2).flatten(),
+            (h1.T @ h2).flatten(),
+        ]
+    )
     if sync:
         stats = all_reduce_sum(stats)
     # eigh and svd raise on NaN/Inf instead of propagating them; the loss is made NaN below,
@@ -96,8 +102,9 @@ def canonical_correlations(h1: Tensor, h2: Tensor, eps: float = 1e-3, gather_dis
     return torch.where(finite, torch.linalg.svdvals(t), torch.nan)
 
 
-def dcca_loss(h1: Tensor, h2: Tensor, top_k: int | None = None, eps: float = 1e-3,
-              gather_distributed: bool = True) -> Tensor:
+def dcca_loss(
+    h1: Tensor, h2: Tensor, top_k: int | None = None, eps: float = 1e-3, gather_distributed: bool = True
+) -> Tensor:
     """−(sum of the ``top_k`` largest canonical correlations; all if None), in ``h1``'s dtype."""
     correlations = canonical_correlations(h1, h2, eps, gather_distributed)
     return -correlations[:top_k].sum().to(h1.dtype)
@@ -111,11 +118,13 @@ class DCCA(Objective):
         self.top_k, self.eps = top_k, eps
 
     @classmethod
-    def from_config(cls, cfg: DCCAConfig, dims: dict[str, int], gather_distributed: bool) -> "DCCA":
+    def from_config(cls, cfg: DCCAConfig, dims: dict[str, int], gather_distributed: bool) -> DCCA:
         available = min(dims["video"], dims["audio"])
         if cfg.top_k is not None and cfg.top_k > available:
-            raise ValueError(f"objectives.dcca.top_k ({cfg.top_k}) exceeds the {available} canonical "
-                             "correlations of the video and audio projections")
+            raise ValueError(
+                f"objectives.dcca.top_k ({cfg.top_k}) exceeds the {available} canonical "
+                "correlations of the video and audio projections"
+            )
         return cls(cfg.top_k, cfg.eps, gather_distributed)
 
     def forward(self, outputs: dict[str, Tensor], targets: None = None) -> Tensor:

@@ -34,10 +34,14 @@ class FusedContrastive(Objective):
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     @classmethod
-    def from_config(cls, cfg: FusedContrastiveConfig, dims: dict[str, int], gather_distributed: bool) -> "FusedContrastive":
+    def from_config(
+        cls, cfg: FusedContrastiveConfig, dims: dict[str, int], gather_distributed: bool
+    ) -> FusedContrastive:
         if dims["audio"] != dims["video"]:
-            raise ValueError(f"objectives.fused needs audio and video projections of equal width; "
-                             f"got audio {dims['audio']}, video {dims['video']}")
+            raise ValueError(
+                f"objectives.fused needs audio and video projections of equal width; "
+                f"got audio {dims['audio']}, video {dims['video']}"
+            )
         return cls(dims["fused"], dims["video"], cfg.temperature, gather_distributed)
 
     def config_buffers(self) -> list[Tensor]:
@@ -45,5 +49,7 @@ class FusedContrastive(Objective):
 
     def forward(self, outputs: dict[str, Tensor], targets: None = None) -> Tensor:
         fused = self.head(outputs["fused"])
-        return 0.5 * (infonce_loss(fused, outputs["video"], self.temperature, self.synced)
-                      + infonce_loss(fused, outputs["audio"], self.temperature, self.synced))
+        return 0.5 * (
+            infonce_loss(fused, outputs["video"], self.temperature, self.synced)
+            + infonce_loss(fused, outputs["audio"], self.temperature, self.synced)
+        )

@@ -52,8 +52,9 @@ def infonce_loss(audio: Tensor, video: Tensor, temperature: float | Tensor, gath
     else:
         offset, all_a, all_v = 0, a, v
     positives = torch.arange(offset, offset + n, device=a.device)
-    loss_sum = (F.cross_entropy(a @ all_v.T / temperature, positives, reduction="sum")
-                + F.cross_entropy(v @ all_a.T / temperature, positives, reduction="sum"))
+    loss_sum = F.cross_entropy(a @ all_v.T / temperature, positives, reduction="sum") + F.cross_entropy(
+        v @ all_a.T / temperature, positives, reduction="sum"
+    )
     return global_mean(loss_sum, 2 * n) if sync else loss_sum / (2 * n)
 
 
@@ -80,10 +81,12 @@ class InfoNCE(Objective):
         self.min_log_temperature = math.log(min_temperature)
 
     @classmethod
-    def from_config(cls, cfg: InfoNCEConfig, dims: dict[str, int], gather_distributed: bool) -> "InfoNCE":
+    def from_config(cls, cfg: InfoNCEConfig, dims: dict[str, int], gather_distributed: bool) -> InfoNCE:
         if dims["audio"] != dims["video"]:
-            raise ValueError(f"objectives.infonce compares audio and video projections of equal width; "
-                             f"got audio {dims['audio']}, video {dims['video']}")
+            raise ValueError(
+                f"objectives.infonce compares audio and video projections of equal width; "
+                f"got audio {dims['audio']}, video {dims['video']}"
+            )
         return cls(cfg.temperature, cfg.learnable_temperature, cfg.min_temperature, gather_distributed)
 
     @property

@@ -10,8 +10,8 @@ checkpoint.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -60,8 +60,10 @@ def check_labels_for(cfg: ObjectivesConfig, labelled_clips: int, corpus: str) ->
     raised before training starts; pretraining is label-free by default."""
     supervised = sorted(name for name in cfg.enabled() if OBJECTIVES[name].needs.labels)
     if supervised and labelled_clips == 0:
-        raise ConfigError(f"objectives.{supervised[0]} is supervised and {corpus!r} has no labels: give it class "
-                          f"folders or a manifest with a 'label' column, or set objectives.{supervised[0]}.weight=0")
+        raise ConfigError(
+            f"objectives.{supervised[0]} is supervised and {corpus!r} has no labels: give it class "
+            f"folders or a manifest with a 'label' column, or set objectives.{supervised[0]}.weight=0"
+        )
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -92,8 +94,9 @@ class LossMixture(nn.Module):
     their collectives require; the lifecycle hooks (:mod:`avray.objectives.base`) are
     forwarded to each."""
 
-    def __init__(self, objectives: Mapping[str, Objective], weights: Mapping[str, float],
-                 nonfinite: str = "raise") -> None:
+    def __init__(
+        self, objectives: Mapping[str, Objective], weights: Mapping[str, float], nonfinite: str = "raise"
+    ) -> None:
         super().__init__()
         if nonfinite not in ("raise", "skip"):
             raise ValueError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
@@ -104,11 +107,13 @@ class LossMixture(nn.Module):
         self.skipped_steps = 0
 
     @classmethod
-    def from_config(cls, cfg: ObjectivesConfig, dims: dict[str, int]) -> "LossMixture":
+    def from_config(cls, cfg: ObjectivesConfig, dims: dict[str, int]) -> LossMixture:
         """The objectives of ``cfg`` with weight > 0; ``dims`` are the model's output widths."""
         sections = cfg.enabled()
-        objectives = {name: OBJECTIVES[name].from_config(section, dims, cfg.gather_distributed)
-                      for name, section in sections.items()}
+        objectives = {
+            name: OBJECTIVES[name].from_config(section, dims, cfg.gather_distributed)
+            for name, section in sections.items()
+        }
         return cls(objectives, {name: section.weight for name, section in sections.items()}, cfg.nonfinite)
 
     @property
@@ -151,8 +156,10 @@ class LossMixture(nn.Module):
                 if name not in OBJECTIVES:
                     raise KeyError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
                 if weight > 0:
-                    raise ValueError(f"objective {name!r} was built with weight 0, so this mixture does not "
-                                     f"hold it; rebuild the mixture with objectives.{name}.weight > 0")
+                    raise ValueError(
+                        f"objective {name!r} was built with weight 0, so this mixture does not "
+                        f"hold it; rebuild the mixture with objectives.{name}.weight > 0"
+                    )
                 continue
             self._weights[name] = weight
 

@@ -41,18 +41,21 @@ class SDL(Objective):
     Buffers: ``running_covariance`` [2, dim, dim] (A above, video then audio) and
     ``running_weight`` (c)."""
 
-    def __init__(self, dim: int, decorrelation_weight: float = 1.0, momentum: float = 0.9,
-                 gather_distributed: bool = True) -> None:
+    def __init__(
+        self, dim: int, decorrelation_weight: float = 1.0, momentum: float = 0.9, gather_distributed: bool = True
+    ) -> None:
         super().__init__(gather_distributed)
         self.decorrelation_weight, self.momentum = decorrelation_weight, momentum
         self.register_buffer("running_covariance", torch.zeros(2, dim, dim, dtype=torch.float64))
         self.register_buffer("running_weight", torch.zeros((), dtype=torch.float64))
 
     @classmethod
-    def from_config(cls, cfg: SDLConfig, dims: dict[str, int], gather_distributed: bool) -> "SDL":
+    def from_config(cls, cfg: SDLConfig, dims: dict[str, int], gather_distributed: bool) -> SDL:
         if dims["audio"] != dims["video"]:
-            raise ValueError(f"objectives.sdl compares audio and video projections of equal width; "
-                             f"got audio {dims['audio']}, video {dims['video']}")
+            raise ValueError(
+                f"objectives.sdl compares audio and video projections of equal width; "
+                f"got audio {dims['audio']}, video {dims['video']}"
+            )
         return cls(dims["video"], cfg.decorrelation_weight, cfg.momentum, gather_distributed)
 
     def _sum(self, x: Tensor) -> Tensor:
@@ -61,18 +64,26 @@ class SDL(Objective):
     def forward(self, outputs: dict[str, Tensor], targets: None = None) -> Tensor:
         views = torch.stack([outputs["video"], outputs["audio"]]).double()  # [2, B, E]
         _, n, e = views.shape
-        moments = self._sum(torch.cat([views.new_full((1,), float(n)), views.sum(1).flatten(),
-                                       (views * views).sum(1).flatten()]))
+        moments = self._sum(
+            torch.cat([views.new_full((1,), float(n)), views.sum(1).flatten(), (views * views).sum(1).flatten()])
+        )
         count = moments[0]
         mean = (moments[1 : 1 + 2 * e] / count).view(2, 1, e)
         variance = (moments[1 + 2 * e :].view(2, 1, e) / count - mean**2).clamp_min(0)
         normed = (views - mean) / (variance + _BN_EPS).sqrt()
-        second = self._sum(torch.cat([((normed[0] - normed[1]) ** 2).sum().reshape(1),
-                                      torch.einsum("vbi,vbj->vij", normed, normed).flatten()]))
+        second = self._sum(
+            torch.cat(
+                [
+                    ((normed[0] - normed[1]) ** 2).sum().reshape(1),
+                    torch.einsum("vbi,vbj->vij", normed, normed).flatten(),
+                ]
+            )
+        )
         distance = second[0] / (count * e)
         batch_covariance = second[1:].view(2, e, e) / count
-        running = ((self.momentum * self.running_covariance + batch_covariance)
-                   / (self.momentum * self.running_weight + 1))
+        running = (self.momentum * self.running_covariance + batch_covariance) / (
+            self.momentum * self.running_weight + 1
+        )
         off_diagonal = ~torch.eye(e, dtype=torch.bool, device=running.device)
         decorrelation = running[:, off_diagonal].abs().sum(1) / max(e * (e - 1), 1)
         if self.training:
@@ -84,6 +95,7 @@ class SDL(Objective):
     def _update(self, batch_covariance: Tensor) -> None:
         # torch.where instead of an `if`: no host sync on the GPU.
         ok = torch.isfinite(batch_covariance).all()
-        self.running_covariance.copy_(torch.where(ok, self.momentum * self.running_covariance + batch_covariance,
-                                                  self.running_covariance))
+        self.running_covariance.copy_(
+            torch.where(ok, self.momentum * self.running_covariance + batch_covariance, self.running_covariance)
+        )
         self.running_weight.copy_(torch.where(ok, self.momentum * self.running_weight + 1, self.running_weight))

@@ -54,7 +54,8 @@ source video.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -100,21 +101,31 @@ class XDC(Objective):
         self.pseudo_labels: dict[str, dict[str, int]] = {}
         self.terms = VARIANT_TERMS[variant]
         self.target_keys = tuple(sorted({key for _, key in self.terms}))
-        self.heads = nn.ModuleDict({
-            f"{source}_to_{key}": nn.Linear(feature_dims[source], num_clusters) for source, key in self.terms
-        })
-        space_dims = {"video": feature_dims["video"], "audio": feature_dims["audio"],
-                      "concat": feature_dims["video"] + feature_dims["audio"]}
+        self.heads = nn.ModuleDict(
+            {f"{source}_to_{key}": nn.Linear(feature_dims[source], num_clusters) for source, key in self.terms}
+        )
+        space_dims = {
+            "video": feature_dims["video"],
+            "audio": feature_dims["audio"],
+            "concat": feature_dims["video"] + feature_dims["audio"],
+        }
         for key in self.target_keys:
             self.register_buffer(f"centroids_{key}", torch.zeros(num_clusters, space_dims[key]))
         self.register_buffer("rounds", torch.zeros((), dtype=torch.long))
         self._reset_heads()
 
     @classmethod
-    def from_config(cls, cfg: XDCConfig, dims: dict[str, int], gather_distributed: bool) -> "XDC":
+    def from_config(cls, cfg: XDCConfig, dims: dict[str, int], gather_distributed: bool) -> XDC:
         feature_dims = {"video": dims["video_features"], "audio": dims["audio_features"]}
-        return cls(feature_dims, cfg.num_clusters, cfg.variant, cfg.kmeans_iters, cfg.seed, gather_distributed,
-                   cfg.recluster_every_epochs)
+        return cls(
+            feature_dims,
+            cfg.num_clusters,
+            cfg.variant,
+            cfg.kmeans_iters,
+            cfg.seed,
+            gather_distributed,
+            cfg.recluster_every_epochs,
+        )
 
     def _round_seed(self, salt: int) -> int:
         return self.seed * 1_000_003 + int(self.rounds) * 1_009 + salt
@@ -161,15 +172,19 @@ class XDC(Objective):
         videos = context.embed_videos()
         labels = self.recluster({key: videos.features[key] for key in ("video_features", "audio_features")})
         self.pseudo_labels = videos.share(
-            {source: {key: int(t[i]) for key, t in labels.items()} for i, source in enumerate(videos.sources)})
+            {source: {key: int(t[i]) for key, t in labels.items()} for i, source in enumerate(videos.sources)}
+        )
         return list(self.parameters())
 
     def batch_targets(self, batch: Mapping[str, Any], device: torch.device) -> dict[str, Tensor] | None:
         if not self.pseudo_labels:
             return None
-        return {key: torch.tensor([self.pseudo_labels[str(s)][key] for s in batch["source"]], dtype=torch.long,
-                                  device=device)
-                for key in self.target_keys}
+        return {
+            key: torch.tensor(
+                [self.pseudo_labels[str(s)][key] for s in batch["source"]], dtype=torch.long, device=device
+            )
+            for key in self.target_keys
+        }
 
     def get_extra_state(self) -> dict[str, dict[str, int]]:
         return self.pseudo_labels
@@ -181,8 +196,9 @@ class XDC(Objective):
         if targets is None:
             return None
         loss_sum = sum(
-            F.cross_entropy(self.heads[f"{source}_to_{key}"](outputs[f"{source}_features"]), targets[key],
-                            reduction="sum")
+            F.cross_entropy(
+                self.heads[f"{source}_to_{key}"](outputs[f"{source}_features"]), targets[key], reduction="sum"
+            )
             for source, key in self.terms
         )
         count = len(self.terms) * outputs["video_features"].shape[0]

@@ -80,8 +80,10 @@ def describe(failure: BaseException, report: str, where: str) -> str:
     frames = _FRAME.findall(report)
     ours = [frame for frame in frames if "/avray/" in frame[0]] or frames
     at = f" at {ours[-1][0]}:{ours[-1][1]} in {ours[-1][2]}" if ours else ""
-    return (f"training failed on {where} with {type(failure).__name__}: {message}{at}; "
-            "not retried, since it would fail the same way again")
+    return (
+        f"training failed on {where} with {type(failure).__name__}: {message}{at}; "
+        "not retried, since it would fail the same way again"
+    )
 
 
 class FailFastPolicy(FailurePolicy):

@@ -15,9 +15,10 @@ import math
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import ray
@@ -123,11 +124,14 @@ def embed_videos(core: Pretrainer, shard, cfg: Config, device: torch.device) -> 
             for k, v in entry.items():
                 target[k] = target[k] + v
             merged_counts[source] = merged_counts.get(source, 0) + part_counts[source]
-    mine = sorted(merged_sums)[rank_of_this_process()::world_size()]
+    mine = sorted(merged_sums)[rank_of_this_process() :: world_size()]
     dims = core.model.output_dims
     features = {
-        key: torch.tensor(np.array([merged_sums[v][key] / merged_counts[v] for v in mine]).reshape(len(mine), dims[key]),
-                          dtype=torch.float32, device=device)
+        key: torch.tensor(
+            np.array([merged_sums[v][key] / merged_counts[v] for v in mine]).reshape(len(mine), dims[key]),
+            dtype=torch.float32,
+            device=device,
+        )
         for key in keys
     }
     return VideoEmbeddings(mine, features, share)
@@ -164,8 +168,9 @@ def validate(core: Pretrainer, dataset, cfg: Config, device: torch.device) -> di
         arrays = {key: np.concatenate(parts) for key, parts in embedded.items()}
         embeddings = arrays["fused"]
         if len(embeddings) >= 4:
-            metrics["val/elo_fitness"] = zipf_fitness(embeddings, cfg.tune.zipf_clusters, cfg.tune.zipf_exponent,
-                                                      cfg.train.seed)
+            metrics["val/elo_fitness"] = zipf_fitness(
+                embeddings, cfg.tune.zipf_clusters, cfg.tune.zipf_exponent, cfg.train.seed
+            )
         if len(embeddings) >= 2:
             metrics["val/alignment"] = alignment(arrays["audio"], arrays["video"])
             for key, values in arrays.items():
@@ -174,8 +179,9 @@ def validate(core: Pretrainer, dataset, cfg: Config, device: torch.device) -> di
                     metrics[f"val/uniformity/{key}"] = uniformity(values)
         labelled = np.array([label is not None for label in labels], dtype=bool)
         if labelled_count(labels)[1] > 1:
-            metrics["val/knn_accuracy"] = knn_accuracy(embeddings[labelled], np.asarray(labels)[labelled],
-                                                       np.asarray(sources)[labelled])
+            metrics["val/knn_accuracy"] = knn_accuracy(
+                embeddings[labelled], np.asarray(labels)[labelled], np.asarray(sources)[labelled]
+            )
     return metrics
 
 
@@ -209,15 +215,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
     cfg = config_from_dict(loop_config["config"])
     ctx = ray.train.get_context()
     session = Session(
-        rank=ctx.get_world_rank(), world=ctx.get_world_size(), device=ray.train.torch.get_device(),
+        rank=ctx.get_world_rank(),
+        world=ctx.get_world_size(),
+        device=ray.train.torch.get_device(),
         train=ray.train.get_dataset_shard("train"),
         val=ray.train.get_dataset_shard("val") if loop_config.get("has_val") else None,
         checkpoint=ray.train.get_checkpoint(),
         report=lambda metrics, folder: ray.train.report(
-            metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None),
+            metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None
+        ),
         # Some objectives leave heads idle on some steps (a clustering head before its first round).
         prepare_model=lambda module: ray.train.torch.prepare_model(
-            module, parallel_strategy_kwargs={"find_unused_parameters": True}),
+            module, parallel_strategy_kwargs={"find_unused_parameters": True}
+        ),
         threads=cfg.train.threads_per_worker or max(1, round(cfg.train.cpus_per_worker)),
     )
     tracker = None
@@ -269,8 +279,16 @@ def restore(checkpoint, core: Pretrainer, optimizer, scheduler, cfg: Config) -> 
     return Progress(state["epoch"] + 1, state["global_step"], state["skipped_steps"])
 
 
-def train_epoch(module: nn.Module, core: Pretrainer, optimizer, scheduler, session: Session, cfg: Config,
-                epoch: int, progress: Progress) -> dict[str, float]:
+def train_epoch(
+    module: nn.Module,
+    core: Pretrainer,
+    optimizer,
+    scheduler,
+    session: Session,
+    cfg: Config,
+    epoch: int,
+    progress: Progress,
+) -> dict[str, float]:
     """One pass over this worker's shard; the mean loss terms (over ranks) and clips/s."""
     device = session.device
     # Parameters an objective re-initialised (a classifier head after re-clustering): Adam's
@@ -284,8 +302,10 @@ def train_epoch(module: nn.Module, core: Pretrainer, optimizer, scheduler, sessi
     shuffle = {}
     if cfg.train.shuffle_buffer_clips:
         # A new, reproducible mix every epoch and on every worker.
-        shuffle = {"local_shuffle_buffer_size": cfg.train.shuffle_buffer_clips,
-                   "local_shuffle_seed": (cfg.train.seed * 1_000 + epoch) * 1_000 + session.rank}
+        shuffle = {
+            "local_shuffle_buffer_size": cfg.train.shuffle_buffer_clips,
+            "local_shuffle_seed": (cfg.train.seed * 1_000 + epoch) * 1_000 + session.rank,
+        }
     per_worker = max(1, cfg.train.batch_size // session.world)
     augmenter = Augmenter(cfg.augment if cfg.model.inputs == "clips" else AugmentConfig(enabled=False), cfg.data)
     for batch in session.train.iter_batches(batch_size=per_worker, batch_format="numpy", drop_last=True, **shuffle):
@@ -320,14 +340,23 @@ def train_epoch(module: nn.Module, core: Pretrainer, optimizer, scheduler, sessi
     return {**metrics, "clips_per_s": throughput, "epoch_seconds": elapsed}
 
 
-def save(folder: Path, saved_cfg: Config, core: Pretrainer, optimizer, scheduler, epoch: int,
-         progress: Progress) -> None:
+def save(
+    folder: Path, saved_cfg: Config, core: Pretrainer, optimizer, scheduler, epoch: int, progress: Progress
+) -> None:
     """A checkpoint of ``epoch`` (0-based) in ``folder``: everything :func:`restore` reads."""
-    save_state(folder, saved_cfg, {
-        "module": core.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "epoch": epoch, "global_step": progress.global_step, "skipped_steps": progress.skipped_steps,
-        "torch_rng": torch.get_rng_state(),
-    })
+    save_state(
+        folder,
+        saved_cfg,
+        {
+            "module": core.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "global_step": progress.global_step,
+            "skipped_steps": progress.skipped_steps,
+            "torch_rng": torch.get_rng_state(),
+        },
+    )
 
 
 def run_loop(cfg: Config, session: Session, steps_per_epoch: int, tracker=None, epoch_clock=None) -> None:
@@ -349,8 +378,9 @@ def run_loop(cfg: Config, session: Session, steps_per_epoch: int, tracker=None, 
     core = _unwrap(module)
     optimizer = _optimizer(module, core, cfg)
     steps_per_epoch = max(1, steps_per_epoch)
-    scheduler = warmup_cosine(optimizer, round(cfg.train.warmup_epochs * steps_per_epoch),
-                              cfg.train.epochs * steps_per_epoch)
+    scheduler = warmup_cosine(
+        optimizer, round(cfg.train.warmup_epochs * steps_per_epoch), cfg.train.epochs * steps_per_epoch
+    )
 
     progress = Progress()
     if session.checkpoint is not None:
@@ -367,8 +397,12 @@ def run_loop(cfg: Config, session: Session, steps_per_epoch: int, tracker=None, 
         metrics = train_epoch(module, core, optimizer, scheduler, session, cfg, epoch, progress)
         progress.epoch = epoch + 1
         metrics.update(
-            epoch=epoch + 1, global_step=progress.global_step, world_size=session.world, num_nodes=num_nodes,
-            lr=scheduler.get_last_lr()[0], skipped_steps=progress.skipped_steps,
+            epoch=epoch + 1,
+            global_step=progress.global_step,
+            world_size=session.world,
+            num_nodes=num_nodes,
+            lr=scheduler.get_last_lr()[0],
+            skipped_steps=progress.skipped_steps,
             **{f"lambda/{name}": weight for name, weight in core.mixture.weights.items()},
         )
         if rank == 0 and session.val is not None:
@@ -378,8 +412,10 @@ def run_loop(cfg: Config, session: Session, steps_per_epoch: int, tracker=None, 
                 save(Path(folder), saved_cfg, core, optimizer, scheduler, epoch, progress)
                 _progress(metrics, cfg, epoch, start_epoch, run_start)
                 if tracker is not None:
-                    tracker.log_metrics({k: v for k, v in metrics.items()
-                                         if isinstance(v, (int, float)) and math.isfinite(v)}, step=epoch + 1)
+                    tracker.log_metrics(
+                        {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
+                        step=epoch + 1,
+                    )
             session.report(metrics, folder if rank == 0 else None)
     if tracker is not None:
         tracker.flush()
@@ -390,5 +426,8 @@ def _progress(metrics: dict, cfg: Config, epoch: int, start_epoch: int, run_star
     eta = (time.perf_counter() - run_start) / done * (cfg.train.epochs - epoch - 1)
     terms = "  ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in metrics.items() if k.startswith("loss/"))
     val = "  ".join(f"{k.removeprefix('val/')} {v:.3g}" for k, v in metrics.items() if k.startswith("val/"))
-    print(f"[avray] epoch {epoch + 1}/{cfg.train.epochs}  loss {metrics.get('loss', float('nan')):.4f}  ({terms})  "
-          f"{metrics['clips_per_s']:.1f} clips/s  ETA {eta:.0f} s" + (f"\n[avray]   held out: {val}" if val else ""), flush=True)
+    print(
+        f"[avray] epoch {epoch + 1}/{cfg.train.epochs}  loss {metrics.get('loss', float('nan')):.4f}  ({terms})  "
+        f"{metrics['clips_per_s']:.1f} clips/s  ETA {eta:.0f} s" + (f"\n[avray]   held out: {val}" if val else ""),
+        flush=True,
+    )

@@ -19,7 +19,10 @@ def plot_losses(history: list[dict], path: Path) -> Path:
     """One line per loss term (training) and held-out terms dashed, against the epoch."""
     fig, ax = plt.subplots(figsize=(7, 4))
     epochs = [h["epoch"] for h in history]
-    keys = sorted({k for h in history for k in h if k == "loss" or k.startswith(("loss/", "val/"))} - {"val/elo_fitness", "val/knn_accuracy"})
+    keys = sorted(
+        {k for h in history for k in h if k == "loss" or k.startswith(("loss/", "val/"))}
+        - {"val/elo_fitness", "val/knn_accuracy"}
+    )
     for key in keys:
         ax.plot(epochs, [h.get(key, float("nan")) for h in history], "--" if key.startswith("val/") else "-", label=key)
     return save_epoch_plot(fig, ax, "loss", path)

@@ -83,8 +83,9 @@ def ray_storage(output: str) -> tuple[str, pafs.FileSystem | None]:
     return path, fs
 
 
-def build_trainer(cfg: Config, data: TrainingData, output: str, tracker: Tracker | None,
-                  cache: bool) -> FailFastTorchTrainer:
+def build_trainer(
+    cfg: Config, data: TrainingData, output: str, tracker: Tracker | None, cache: bool
+) -> FailFastTorchTrainer:
     """``cache``: read the clips into the object store first (:func:`cache_training_clips`)."""
     scaling_config = scaling(cfg)
     storage_path, storage_filesystem = ray_storage(output)
@@ -119,8 +120,12 @@ def build_trainer(cfg: Config, data: TrainingData, output: str, tracker: Tracker
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             # Train V2 patches print() in workers into a logger *and* the original stream, so
             # every progress line reached the driver twice; plain print() is forwarded once.
-            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-                                             **{k: v for k, v in os.environ.items() if k.startswith("RAY_TRAIN_")}}},
+            worker_runtime_env={
+                "env_vars": {
+                    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+                    **{k: v for k, v in os.environ.items() if k.startswith("RAY_TRAIN_")},
+                }
+            },
         ),
     )
 
@@ -134,8 +139,11 @@ def pretrain(cfg: Config, data: str | DataSource, output: str, track: bool = Tru
     check_labels_for(cfg.objectives, data.train_labelled, source.uri)
     cache = cache_training_clips(cfg, data)
     labelled = f" ({data.val_labelled} labelled)" if 0 < data.val_labelled < data.num_val_clips else ""
-    print(f"[avray] {data.num_train_clips} training clips, {data.num_val_clips} held-out clips{labelled}"
-          f"{' (read once into the object store)' if cache else ''}", flush=True)
+    print(
+        f"[avray] {data.num_train_clips} training clips, {data.num_val_clips} held-out clips{labelled}"
+        f"{' (read once into the object store)' if cache else ''}",
+        flush=True,
+    )
     tracker = start_job_run(cfg, output) if track else None
     trainer = build_trainer(cfg, data, output, tracker, cache)
     try:

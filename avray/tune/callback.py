@@ -78,9 +78,17 @@ class TrialRuns(tune.Callback):
         state = self._load()
         if trial.trial_id not in self._trackers:
             run_id = state["runs"].get(trial.trial_id)
-            tracker = Tracker(self.uri, self.experiment, run_id=run_id, run_name=str(trial),
-                              tags={"mlflow.parentRunId": self.parent_run_id, "avray.job": "tune-trial",
-                                    "avray.trial_id": trial.trial_id})
+            tracker = Tracker(
+                self.uri,
+                self.experiment,
+                run_id=run_id,
+                run_name=str(trial),
+                tags={
+                    "mlflow.parentRunId": self.parent_run_id,
+                    "avray.job": "tune-trial",
+                    "avray.trial_id": trial.trial_id,
+                },
+            )
             if run_id is None:
                 tracker.log_params({f"initial.{k}": v for k, v in _flat(trial.config).items()})
                 state["runs"][trial.trial_id] = tracker.run_id
@@ -91,15 +99,28 @@ class TrialRuns(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         tracker = self._tracker(trial)
         step = int(result["training_iteration"])
-        tracker.log_metrics({k: v for k, v in result.items()
-                             if k.startswith(LOGGED_PREFIXES) and isinstance(v, (int, float))
-                             and not isinstance(v, bool) and math.isfinite(v)}, step=step)
+        tracker.log_metrics(
+            {
+                k: v
+                for k, v in result.items()
+                if k.startswith(LOGGED_PREFIXES)
+                and isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+            },
+            step=step,
+        )
         # The λ the trial trained with: by the time callbacks see a result, PBT may already
         # have mutated ``trial.config`` for the trial's next round.
         lambdas = _lambdas(result)
         previous = self._state["lambdas"].get(trial.trial_id)
         if previous is not None and (previous != lambdas or result.get(EXPLOITED_FROM)):
-            event = {"iteration": step, "exploited_from": result.get(EXPLOITED_FROM), "before": previous, "after": lambdas}
+            event = {
+                "iteration": step,
+                "exploited_from": result.get(EXPLOITED_FROM),
+                "before": previous,
+                "after": lambdas,
+            }
             self._state["events"].setdefault(trial.trial_id, []).append(event)
             tracker.log_metrics({"pbt/exploits": len(self._state["events"][trial.trial_id])}, step=step)
         self._state["lambdas"][trial.trial_id] = lambdas
@@ -111,8 +132,10 @@ class TrialRuns(tune.Callback):
     def _end(self, trial, status: str) -> None:
         tracker = self._tracker(trial)
         rows = recorded_results(self.state_file).get(trial.trial_id, [])
-        record = {"lambdas": [{"iteration": int(r["training_iteration"]), "lambdas": _lambdas(r)} for r in rows],
-                  "events": self._state["events"].get(trial.trial_id, [])}
+        record = {
+            "lambdas": [{"iteration": int(r["training_iteration"]), "lambdas": _lambdas(r)} for r in rows],
+            "events": self._state["events"].get(trial.trial_id, []),
+        }
         tracker.log_text(json.dumps(record, indent=1), HISTORY_FILE)
         tracker.finish(status)
         tracker.flush()

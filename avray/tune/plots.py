@@ -17,8 +17,13 @@ def plot_lambda_trajectories(histories: dict[str, list[dict]], objectives: list[
     fig, axes = plt.subplots(1, len(objectives), figsize=(4 * len(objectives), 3.2), squeeze=False)
     for ax, name in zip(axes[0], objectives):
         for trial, rows in sorted(histories.items()):
-            ax.step([r["training_iteration"] for r in rows], [r.get(f"lambda/{name}") for r in rows], where="post",
-                    marker=".", label=trial)
+            ax.step(
+                [r["training_iteration"] for r in rows],
+                [r.get(f"lambda/{name}") for r in rows],
+                where="post",
+                marker=".",
+                label=trial,
+            )
         ax.set_title(f"λ {name}")
         ax.set_xlabel("epoch")
         ax.set_ylim(-0.05, 1.05)

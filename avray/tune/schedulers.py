@@ -27,19 +27,28 @@ def build_scheduler(cfg: Config):
     t = cfg.tune
     if t.scheduler == "pbt":
         return PopulationBasedTraining(
-            time_attr=TIME_ATTR, perturbation_interval=t.perturbation_interval,
-            hyperparam_mutations=search_space(cfg), quantile_fraction=t.quantile_fraction,
-            custom_explore_fn=clip_to_bounds(cfg), synch=t.synchronous,
+            time_attr=TIME_ATTR,
+            perturbation_interval=t.perturbation_interval,
+            hyperparam_mutations=search_space(cfg),
+            quantile_fraction=t.quantile_fraction,
+            custom_explore_fn=clip_to_bounds(cfg),
+            synch=t.synchronous,
         )
     if t.scheduler == "pb2":
         return PB2(
-            time_attr=TIME_ATTR, perturbation_interval=t.perturbation_interval,
+            time_attr=TIME_ATTR,
+            perturbation_interval=t.perturbation_interval,
             hyperparam_bounds=bounds(cfg),
-            quantile_fraction=t.quantile_fraction, synch=t.synchronous,
+            quantile_fraction=t.quantile_fraction,
+            synch=t.synchronous,
         )
     if t.scheduler == "asha":
-        return ASHAScheduler(time_attr=TIME_ATTR, max_t=cfg.train.epochs, grace_period=min(t.grace_period, cfg.train.epochs),
-                             reduction_factor=t.reduction_factor)
+        return ASHAScheduler(
+            time_attr=TIME_ATTR,
+            max_t=cfg.train.epochs,
+            grace_period=min(t.grace_period, cfg.train.epochs),
+            reduction_factor=t.reduction_factor,
+        )
     return FIFOScheduler()
 
 

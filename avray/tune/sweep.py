@@ -41,10 +41,10 @@ EXPERIMENT = "tune_losses"
 @dataclass
 class SweepResult:
     metric: str
-    trials: list[dict]          # one row per trial (see ``_trial_row``)
-    best: dict                  # the best trial's row
-    best_config: Config         # the base config with the best trial's λ (and lr, temperature)
-    best_config_path: str       # where it was written: OUTPUT/best_mixture.yaml (beside OUTPUT/trials.csv)
+    trials: list[dict]  # one row per trial (see ``_trial_row``)
+    best: dict  # the best trial's row
+    best_config: Config  # the base config with the best trial's λ (and lr, temperature)
+    best_config_path: str  # where it was written: OUTPUT/best_mixture.yaml (beside OUTPUT/trials.csv)
     experiment_path: str
     parent_run_id: str
     tracking_uri: str
@@ -64,13 +64,20 @@ def tune_losses(cfg: Config, data: str | DataSource, output: str) -> SweepResult
     if data.val is None:
         raise ConfigError("a sweep scores each mixture on held-out clips: set data.val_fraction > 0")
     if cfg.tune.fitness == "knn" and data.val_classes < 2:
-        raise ConfigError("tune.fitness=knn needs labelled held-out clips of two or more classes; use tune.fitness=zipf")
+        raise ConfigError(
+            "tune.fitness=knn needs labelled held-out clips of two or more classes; use tune.fitness=zipf"
+        )
     steps_per_epoch = data.num_train_clips // cfg.train.batch_size
     if steps_per_epoch == 0:
-        raise ConfigError(f"{data.num_train_clips} training clips cannot fill one batch of {cfg.train.batch_size}: "
-                          "lower train.batch_size or add data")
-    print(f"[avray] sweep: {cfg.tune.num_samples} trials, {cfg.tune.scheduler} + {cfg.tune.search_alg}, "
-          f"fitness {metric}; {data.num_train_clips} training clips, {data.num_val_clips} held-out", flush=True)
+        raise ConfigError(
+            f"{data.num_train_clips} training clips cannot fill one batch of {cfg.train.batch_size}: "
+            "lower train.batch_size or add data"
+        )
+    print(
+        f"[avray] sweep: {cfg.tune.num_samples} trials, {cfg.tune.scheduler} + {cfg.tune.search_alg}, "
+        f"fitness {metric}; {data.num_train_clips} training clips, {data.num_val_clips} held-out",
+        flush=True,
+    )
     # Every trial reads every clip every epoch: read (or decode) them once, into Ray's object
     # store (which spills to disk beyond memory), rather than once per trial and epoch. It also
     # keeps Ray Data tasks out of the trials, whose placement groups would hold every CPU
@@ -78,34 +85,48 @@ def tune_losses(cfg: Config, data: str | DataSource, output: str) -> SweepResult
     # another node cannot take them. Search on a subset of a corpus far larger than that node's disk.
     start = time.perf_counter()
     train, val = materialize_on_driver_node(data.train), materialize_on_driver_node(data.val)
-    print(f"[avray] {train.count() + val.count()} clips ({(train.size_bytes() + val.size_bytes()) / 2**20:.0f} MiB) "
-          f"in the object store in {time.perf_counter() - start:.1f} s", flush=True)
+    print(
+        f"[avray] {train.count() + val.count()} clips ({(train.size_bytes() + val.size_bytes()) / 2**20:.0f} MiB) "
+        f"in the object store in {time.perf_counter() - start:.1f} s",
+        flush=True,
+    )
     failures = on_driver_node(TrialFailures).remote()
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, base=cfg, train=train, val=val, steps_per_epoch=steps_per_epoch,
-                             failures=failures),
+        tune.with_parameters(
+            train_trial, base=cfg, train=train, val=val, steps_per_epoch=steps_per_epoch, failures=failures
+        ),
         {"CPU": cfg.tune.cpus_per_trial, "GPU": cfg.tune.gpus_per_trial},
     )
     parent = start_job_run(cfg, output, job="tune")
     root, filesystem = ray_storage(output)
     experiment_path = f"{root}/{EXPERIMENT}"
-    state_file = str(Path(output) / "trial_runs.json") if not is_remote(output) else \
-        str(Path(tempfile.gettempdir()) / f"avray-trial-runs-{parent.run_id}.json")
+    state_file = (
+        str(Path(output) / "trial_runs.json")
+        if not is_remote(output)
+        else str(Path(tempfile.gettempdir()) / f"avray-trial-runs-{parent.run_id}.json")
+    )
     if tune.Tuner.can_restore(experiment_path, storage_filesystem=filesystem):
         print(f"[avray] resuming the sweep in {output.rstrip('/')}/{EXPERIMENT}", flush=True)
-        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True,
-                                   storage_filesystem=filesystem)
+        tuner = tune.Tuner.restore(
+            experiment_path, trainable=trainable, resume_errored=True, storage_filesystem=filesystem
+        )
     else:
         tuner = tune.Tuner(
             trainable,
             param_space=search_space(cfg),
             tune_config=tune.TuneConfig(
-                metric=metric, mode="max", scheduler=scheduler, search_alg=search_alg,
-                num_samples=cfg.tune.num_samples, reuse_actors=True,
+                metric=metric,
+                mode="max",
+                scheduler=scheduler,
+                search_alg=search_alg,
+                num_samples=cfg.tune.num_samples,
+                reuse_actors=True,
                 trial_dirname_creator=_trial_folder,
             ),
             run_config=tune.RunConfig(
-                name=EXPERIMENT, storage_path=root, storage_filesystem=filesystem,
+                name=EXPERIMENT,
+                storage_path=root,
+                storage_filesystem=filesystem,
                 # Each trial stops after train.epochs, also after PBT handed it another's checkpoint.
                 stop={"epoch": cfg.train.epochs},
                 failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
@@ -116,8 +137,16 @@ def tune_losses(cfg: Config, data: str | DataSource, output: str) -> SweepResult
             ),
         )
     grid = tuner.fit()
-    return _summarise(cfg, grid, metric, f"{output.rstrip('/')}/{EXPERIMENT}" if is_remote(output) else experiment_path,
-                      parent, output, recorded_results(state_file), ray.get(failures.get.remote()))
+    return _summarise(
+        cfg,
+        grid,
+        metric,
+        f"{output.rstrip('/')}/{EXPERIMENT}" if is_remote(output) else experiment_path,
+        parent,
+        output,
+        recorded_results(state_file),
+        ray.get(failures.get.remote()),
+    )
 
 
 def _trial_row(result, metric: str, objectives: list[str], recorded: list[dict] | None, cause: str | None) -> dict:
@@ -143,11 +172,21 @@ def _trial_row(result, metric: str, objectives: list[str], recorded: list[dict] 
     }
 
 
-def _summarise(cfg: Config, grid, metric: str, experiment_path: str, parent, output: str,
-               recorded: dict[str, list[dict]], causes: dict[str, str]) -> SweepResult:
+def _summarise(
+    cfg: Config,
+    grid,
+    metric: str,
+    experiment_path: str,
+    parent,
+    output: str,
+    recorded: dict[str, list[dict]],
+    causes: dict[str, str],
+) -> SweepResult:
     objectives = sorted(cfg.objectives.enabled())
-    trials = [_trial_row(result, metric, objectives, recorded.get(Path(result.path).name),
-                         causes.get(Path(result.path).name)) for result in grid]
+    trials = [
+        _trial_row(result, metric, objectives, recorded.get(Path(result.path).name), causes.get(Path(result.path).name))
+        for result in grid
+    ]
     for cause in causes.values():
         print(f"[avray] {cause}", flush=True)
     finished = [t for t in trials if isinstance(t["final_fitness"], float) and math.isfinite(t["final_fitness"])]
@@ -173,9 +212,15 @@ def _summarise(cfg: Config, grid, metric: str, experiment_path: str, parent, out
     parent.log_artifact(folder / "best_mixture.yaml")
     parent.log_artifact(plot_lambda_trajectories(histories, objectives, folder / "lambda_trajectories.png"), "plots")
     parent.log_artifact(plot_fitness(histories, metric, folder / "fitness.png"), "plots")
-    parent.log_metrics({f"best/{metric}": best["final_fitness"],
-                        **{f"best/lambda/{n}": best[f"final_lambda/{n}"] for n in objectives},
-                        "trials": len(trials), "failed_trials": sum(t["status"] == "error" for t in trials)}, step=0)
+    parent.log_metrics(
+        {
+            f"best/{metric}": best["final_fitness"],
+            **{f"best/lambda/{n}": best[f"final_lambda/{n}"] for n in objectives},
+            "trials": len(trials),
+            "failed_trials": sum(t["status"] == "error" for t in trials),
+        },
+        step=0,
+    )
     fs, root = filesystem_for(output)
     for name in ("trials.csv", "best_mixture.yaml"):
         with fs.open_output_stream(f"{root}/{name}") as handle:
@@ -185,19 +230,43 @@ def _summarise(cfg: Config, grid, metric: str, experiment_path: str, parent, out
         parent.set_tag("avray.best_checkpoint", best["checkpoint"])
     parent.finish()
     parent.flush()
-    return SweepResult(metric, trials, best, best_cfg, f"{output.rstrip('/')}/best_mixture.yaml", experiment_path,
-                       parent.run_id, parent.uri)
+    return SweepResult(
+        metric,
+        trials,
+        best,
+        best_cfg,
+        f"{output.rstrip('/')}/best_mixture.yaml",
+        experiment_path,
+        parent.run_id,
+        parent.uri,
+    )
 
 
 def format_table(result: SweepResult) -> str:
     """The trials, best first: λ at the start and the end, fitness at the first and last epoch."""
     objectives = sorted(k.split("/", 1)[1] for k in result.best if k.startswith("final_lambda/"))
-    head = ["trial", "exploits"] + [f"λ {n} (start→end)" for n in objectives] + ["fitness first", "fitness final", "knn final"]
+    head = (
+        ["trial", "exploits"]
+        + [f"λ {n} (start→end)" for n in objectives]
+        + ["fitness first", "fitness final", "knn final"]
+    )
     lines = ["  ".join(head)]
     fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
-    ranked = sorted(result.trials, key=lambda t: -(t["final_fitness"] if isinstance(t["final_fitness"], float) else -math.inf))
+    ranked = sorted(
+        result.trials, key=lambda t: -(t["final_fitness"] if isinstance(t["final_fitness"], float) else -math.inf)
+    )
     for t in ranked:
         lambdas = [f"{fmt(t[f'initial_lambda/{n}'])}→{fmt(t[f'final_lambda/{n}'])}" for n in objectives]
-        lines.append("  ".join([t["trial"], str(t["exploits"]), *lambdas, fmt(t["first_fitness"]), fmt(t["final_fitness"]),
-                                fmt(t["final_knn_accuracy"])]))
+        lines.append(
+            "  ".join(
+                [
+                    t["trial"],
+                    str(t["exploits"]),
+                    *lambdas,
+                    fmt(t["first_fitness"]),
+                    fmt(t["final_fitness"]),
+                    fmt(t["final_knn_accuracy"]),
+                ]
+            )
+        )
     return "\n".join(lines)

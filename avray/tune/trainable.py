@@ -68,9 +68,18 @@ def train_trial(config: dict, *, base: Config, train, val, steps_per_epoch: int,
         first_report.clear()
         tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
 
-    session = Session(rank=0, world=1, device=device, train=train, val=val, checkpoint=checkpoint, report=report,
-                      prepare_model=lambda module: module.to(device), weights=weights,
-                      threads=cfg.train.threads_per_worker or max(1, round(cfg.tune.cpus_per_trial)))
+    session = Session(
+        rank=0,
+        world=1,
+        device=device,
+        train=train,
+        val=val,
+        checkpoint=checkpoint,
+        report=report,
+        prepare_model=lambda module: module.to(device),
+        weights=weights,
+        threads=cfg.train.threads_per_worker or max(1, round(cfg.tune.cpus_per_trial)),
+    )
     try:
         run_loop(cfg, session, steps_per_epoch)
     except Exception as err:

@@ -135,10 +135,10 @@ def _workflow_invocations() -> list[tuple[str, str, list[str]]]:
     for where, cmd in _all_commands():
         for i, token in enumerate(cmd):
             if WORKFLOW_RE.search(token) and i > 0 and Path(cmd[i - 1]).name.startswith("python"):
-                key = (where, token, tuple(cmd[i + 1:]))
+                key = (where, token, tuple(cmd[i + 1 :]))
                 if key not in seen:
                     seen.add(key)
-                    out.append((where, token, cmd[i + 1:]))
+                    out.append((where, token, cmd[i + 1 :]))
     return out
 
 
@@ -146,11 +146,11 @@ def _ray_commands(subcommand: tuple[str, ...]) -> list[tuple[str, list[str]]]:
     out, seen = [], set()
     n = len(subcommand)
     for where, cmd in _all_commands():
-        if Path(cmd[0]).name == "ray" and tuple(cmd[1:1 + n]) == subcommand:
+        if Path(cmd[0]).name == "ray" and tuple(cmd[1 : 1 + n]) == subcommand:
             key = (where, tuple(cmd))
             if key not in seen:
                 seen.add(key)
-                out.append((where, cmd[1 + n:]))
+                out.append((where, cmd[1 + n :]))
     return out
 
 
@@ -200,8 +200,10 @@ def test_yaml_parses(path):
 SECRET_PATTERNS = {
     "AWS access key id": re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[0-9A-Z]{16}\b"),
     "AWS secret/session variable": re.compile(r"(?i)aws_(?:secret_access_key|session_token)"),
-    "AWS secret access key": re.compile(r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]*[0-9])(?=[A-Za-z0-9/+]*[a-z])"
-                                        r"(?=[A-Za-z0-9/+]*[A-Z])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"),
+    "AWS secret access key": re.compile(
+        r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]*[0-9])(?=[A-Za-z0-9/+]*[a-z])"
+        r"(?=[A-Za-z0-9/+]*[A-Z])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
+    ),
     "hex token (a Ray token is 64 hex digits)": re.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{32,}(?![0-9a-fA-F])"),
     "private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
     "password/secret literal": re.compile(r"(?i)\b(?:password|passwd|secret_key|api_key|apikey)\b\s*[:=]\s*\S+"),
@@ -268,8 +270,9 @@ def test_workflow_commands_are_found():
     assert (_rel(RUNTIME_ENV), "workflows/pretrain.py") in found
 
 
-@pytest.mark.parametrize("where,script,argv", _workflow_invocations(),
-                         ids=lambda v: v if isinstance(v, str) else " ".join(v)[:60])
+@pytest.mark.parametrize(
+    "where,script,argv", _workflow_invocations(), ids=lambda v: v if isinstance(v, str) else " ".join(v)[:60]
+)
 def test_workflow_command_matches_its_cli(where, script, argv):
     path = ROOT / script
     assert path.is_file(), f"{where}: {script} does not exist"
@@ -279,8 +282,7 @@ def test_workflow_command_matches_its_cli(where, script, argv):
     if getattr(args, "config", None):
         assert (ROOT / args.config).is_file(), f"{where}: --config {args.config} does not exist"
     # Keys and values of --set go through the same validation the workflow applies.
-    load_config(str(ROOT / args.config) if getattr(args, "config", None) else None,
-                getattr(args, "overrides", []))
+    load_config(str(ROOT / args.config) if getattr(args, "config", None) else None, getattr(args, "overrides", []))
     # On a cluster the driver runs inside a copy of the working dir that excludes data/ and
     # runs/ and is deleted afterwards: a relative --data/--output would be missing or lost.
     for flag in ("data", "output"):
@@ -341,11 +343,19 @@ def test_runtime_env_uploads_the_package_and_nothing_heavy(tmp_path):
     for required in ("/.venv", "/runs", "/data", "mlruns", "*.mp4"):
         assert required in env["excludes"], required
     target = tmp_path / "working_dir.zip"
-    create_package(str(ROOT), target, include_gitignore=True,
-                   excludes=ray_constants.get_runtime_env_default_excludes() + list(env["excludes"]))
+    create_package(
+        str(ROOT),
+        target,
+        include_gitignore=True,
+        excludes=ray_constants.get_runtime_env_default_excludes() + list(env["excludes"]),
+    )
     names = set(zipfile.ZipFile(target).namelist())
-    sources = [_rel(p) for folder in ("avray", "workflows") for p in (ROOT / folder).rglob("*.py")
-               if "__pycache__" not in p.parts]
+    sources = [
+        _rel(p)
+        for folder in ("avray", "workflows")
+        for p in (ROOT / folder).rglob("*.py")
+        if "__pycache__" not in p.parts
+    ]
     missing = [s for s in sources if s not in names]
     assert not missing, f"the job would not get these sources: {missing[:10]}"
     for name in names:
@@ -396,7 +406,8 @@ def test_aws_installs_the_project_with_constraints(aws):
     assert "." in mounts.values() or any(c for c in aws["setup_commands"] if "git clone" in c)
     for pattern in aws.get("rsync_exclude", []):
         assert pattern.strip("/") not in {"data", "runs", "demo", "build"} or pattern.startswith("/"), (
-            f"rsync_exclude {pattern!r} is not anchored: it would also drop avray/{pattern.strip('/')}")
+            f"rsync_exclude {pattern!r} is not anchored: it would also drop avray/{pattern.strip('/')}"
+        )
 
 
 def test_aws_starts_ray_with_token_auth(aws):
@@ -431,8 +442,9 @@ def _check_cluster_spec(spec: dict, where: str) -> set[str]:
     assert head_containers and head["template"]["spec"].get("serviceAccountName"), where
     workers = spec["workerGroupSpecs"]
     assert workers, f"{where}: no worker group"
-    gpu_groups = [g for g in workers
-                  if int(_containers(g)[0].get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0)) > 0]
+    gpu_groups = [
+        g for g in workers if int(_containers(g)[0].get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0)) > 0
+    ]
     assert gpu_groups, f"{where}: no GPU worker group"
     for group in workers:
         assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], group["groupName"]
@@ -456,8 +468,9 @@ def test_rayjob_structure_and_entrypoint():
     images = _check_cluster_spec(spec["rayClusterSpec"], _rel(RAYJOB))
     submitter = spec.get("submitterPodTemplate", {}).get("spec", {}).get("containers", [])
     images |= {c["image"] for c in submitter}
-    cluster_images = {c["image"] for g in [_kind(RAYCLUSTER, "RayCluster")["spec"]["headGroupSpec"]]
-                      for c in _containers(g)}
+    cluster_images = {
+        c["image"] for g in [_kind(RAYCLUSTER, "RayCluster")["spec"]["headGroupSpec"]] for c in _containers(g)
+    }
     assert images == cluster_images, "RayJob and RayCluster should run the same avray image"
     entry = shlex.split(spec["entrypoint"])
     assert entry[:2] == ["python", "workflows/pretrain.py"], entry
@@ -468,8 +481,9 @@ def test_rayjob_structure_and_entrypoint():
     from ray.runtime_env import RuntimeEnv
 
     RuntimeEnv(**runtime_env)
-    assert str(runtime_env["working_dir"]).startswith(("s3://", "https://", "gs://")), \
+    assert str(runtime_env["working_dir"]).startswith(("s3://", "https://", "gs://")), (
         "a RayJob cannot upload a local working_dir: use a remote zip"
+    )
     assert runtime_env["working_dir"].endswith(".zip")
     assert spec.get("shutdownAfterJobFinishes") is True
 

@@ -41,11 +41,22 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 CLIPS_PER_VIDEO = 2
 NUM_VIDEOS = 2
 TINY_PRETRAIN = [
-    "model.video_width=8", "model.video_depth=2", "model.audio_width=8", "model.audio_depth=2",
-    "model.embed_dim=16", "model.fused_dim=16", "model.n_mels=32", "model.n_fft=256",
-    f"data.clips_per_video={CLIPS_PER_VIDEO}", "data.val_fraction=0",  # 2 videos: both train
-    "data.cpus_per_decode_task=0.5", "train.cpus_per_worker=0.5",
-    "train.batch_size=2", "train.warmup_epochs=0", "train.epochs=1", "train.num_workers=1",
+    "model.video_width=8",
+    "model.video_depth=2",
+    "model.audio_width=8",
+    "model.audio_depth=2",
+    "model.embed_dim=16",
+    "model.fused_dim=16",
+    "model.n_mels=32",
+    "model.n_fft=256",
+    f"data.clips_per_video={CLIPS_PER_VIDEO}",
+    "data.val_fraction=0",  # 2 videos: both train
+    "data.cpus_per_decode_task=0.5",
+    "train.cpus_per_worker=0.5",
+    "train.batch_size=2",
+    "train.warmup_epochs=0",
+    "train.epochs=1",
+    "train.num_workers=1",
     "tune.zipf_clusters=2",
 ]
 
@@ -79,9 +90,11 @@ def _write_corpus(root: Path) -> None:
 
 def _base_env(home: Path) -> dict[str, str]:
     """The environment minus anything that would point a Ray CLI at another cluster or token."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN",
-                        "RAY_AUTH_TOKEN_PATH")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    }
     env["HOME"] = str(home)
     # As in an activated virtualenv: the job's `python` is this interpreter (the cluster's
     # processes inherit the PATH of `ray start`).
@@ -156,12 +169,28 @@ def _start_head(base: Path, temp_dir: Path, env: dict[str, str]) -> tuple[subpro
     log_path = base / f"{temp_dir.name}.log"
     with open(log_path, "w") as log:
         block = subprocess.Popen(
-            [RAY, "start", "--head", "--block", f"--port={gcs_port}", f"--dashboard-port={dashboard_port}",
-             "--num-cpus=2", "--num-gpus=0", "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1",
-             f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={agent_port}",
-             f"--ray-client-server-port={client_port}", "--min-worker-port=0", "--max-worker-port=0",
-             "--disable-usage-stats"],
-            env={**env, "RAY_TMPDIR": str(temp_dir)}, stdout=log, stderr=subprocess.STDOUT, cwd=base,
+            [
+                RAY,
+                "start",
+                "--head",
+                "--block",
+                f"--port={gcs_port}",
+                f"--dashboard-port={dashboard_port}",
+                "--num-cpus=2",
+                "--num-gpus=0",
+                "--dashboard-host=127.0.0.1",
+                "--node-ip-address=127.0.0.1",
+                f"--temp-dir={temp_dir}",
+                f"--dashboard-agent-listen-port={agent_port}",
+                f"--ray-client-server-port={client_port}",
+                "--min-worker-port=0",
+                "--max-worker-port=0",
+                "--disable-usage-stats",
+            ],
+            env={**env, "RAY_TMPDIR": str(temp_dir)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=base,
             start_new_session=True,
         )
     dashboard = f"http://127.0.0.1:{dashboard_port}"
@@ -187,8 +216,7 @@ def head():
     env = _base_env(home)
     try:
         # The user's step: `ray get-auth-token --generate` writes $HOME/.ray/auth_token.
-        out = subprocess.run([RAY, "get-auth-token", "--generate"], env=env, capture_output=True, text=True,
-                             timeout=60)
+        out = subprocess.run([RAY, "get-auth-token", "--generate"], env=env, capture_output=True, text=True, timeout=60)
         token_path = home / ".ray" / "auth_token"
         assert out.returncode == 0 and token_path.exists(), out.stderr
         token = token_path.read_text().strip()
@@ -212,10 +240,27 @@ def head():
 
 
 def _submit(head: dict, env: dict[str, str], submission_id: str, corpus: Path, output: Path, timeout: float):
-    cmd = [RAY, "job", "submit", "--address", head["dashboard"], "--submission-id", submission_id,
-           "--working-dir", str(ROOT), "--runtime-env", RUNTIME_ENV, "--",
-           "python", "workflows/pretrain.py", "--data", str(corpus), "--output", str(output),
-           *[arg for kv in TINY_PRETRAIN for arg in ("--set", kv)]]
+    cmd = [
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        head["dashboard"],
+        "--submission-id",
+        submission_id,
+        "--working-dir",
+        str(ROOT),
+        "--runtime-env",
+        RUNTIME_ENV,
+        "--",
+        "python",
+        "workflows/pretrain.py",
+        "--data",
+        str(corpus),
+        "--output",
+        str(output),
+        *[arg for kv in TINY_PRETRAIN for arg in ("--set", kv)],
+    ]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 

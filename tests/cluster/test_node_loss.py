@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import psutil
@@ -77,8 +77,14 @@ def _remove_when(cluster, node, ready: Callable[[], bool], task_name: str) -> tu
 
 
 def test_ingest_spans_nodes_and_a_lost_node_loses_no_clip(corpus, tmp_path):
-    cfg = tiny_config(tmp_path, "data.clips_per_video=4", "data.decode_batch_size=1", "data.val_fraction=0",
-                      "data.cpus_per_decode_task=1", "data.decode_concurrency=3").data
+    cfg = tiny_config(
+        tmp_path,
+        "data.clips_per_video=4",
+        "data.decode_batch_size=1",
+        "data.val_fraction=0",
+        "data.cpus_per_decode_task=1",
+        "data.decode_concurrency=3",
+    ).data
     with own_cluster(1, 2, **FAST_NODE_DEATH) as cluster:
         victim = cluster.list_all_nodes()[1]
         watcher, removed = _remove_when(cluster, victim, lambda: True, "decode_clip_stream")
@@ -107,7 +113,8 @@ def test_clips_materialized_on_the_driver_node_outlive_the_node_that_made_them()
         rows = lambda batch: {"x": np.repeat(batch["id"][:, None].astype(np.float64), 20_000, axis=1)}  # noqa: E731
         # Blocks of 4 x 160 KB: in the object store, not inlined in the driver's memory.
         made_there = ray.data.range(32, override_num_blocks=8).map_batches(
-            rows, scheduling_strategy=NodeAffinitySchedulingStrategy(victim.node_id, soft=True))
+            rows, scheduling_strategy=NodeAffinitySchedulingStrategy(victim.node_id, soft=True)
+        )
         dataset = materialize_on_driver_node(made_there)
         here = ray.get_runtime_context().get_node_id()
         locations = ray.experimental.get_object_locations(dataset.to_arrow_refs())
@@ -145,8 +152,14 @@ def test_a_sweep_spans_nodes_and_a_trial_on_a_lost_node_resumes_on_another(corpu
     """One trial per node; the lost node's trial resumes from its checkpoint on the head node
     once the other trial has freed the CPU."""
     epochs = 4
-    cfg = tiny_config(tmp_path, f"train.epochs={epochs}", "tune.scheduler=fifo", "tune.num_samples=2",
-                      "tune.cpus_per_trial=1", "train.max_failures=2")
+    cfg = tiny_config(
+        tmp_path,
+        f"train.epochs={epochs}",
+        "tune.scheduler=fifo",
+        "tune.num_samples=2",
+        "tune.cpus_per_trial=1",
+        "train.max_failures=2",
+    )
     output = tmp_path / "sweep"
     with own_cluster(1, 1, **FAST_NODE_DEATH) as cluster:
         victim = cluster.list_all_nodes()[1]
@@ -164,4 +177,3 @@ def test_a_sweep_spans_nodes_and_a_trial_on_a_lost_node_resumes_on_another(corpu
         # Each trial resumed from a checkpoint rather than starting over: epoch 1 ran once.
         assert epochs_seen.count(1) == 1, (trial["trial"], epochs_seen)
         assert history[-1]["global_step"] == epochs * history[0]["global_step"]
-

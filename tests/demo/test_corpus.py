@@ -74,7 +74,9 @@ def test_files_are_real_h264_aac_mp4s(corpus):
 def test_same_seed_same_bytes_even_in_a_process_pool(corpus, tmp_path):
     root, rows, _ = corpus
     again = make_demo_corpus(tmp_path / "again", VIDEOS, SEED, workers=2)
-    assert [Path(r["path"]).relative_to(tmp_path / "again") for r in again] == [Path(r["path"]).relative_to(root) for r in rows]
+    assert [Path(r["path"]).relative_to(tmp_path / "again") for r in again] == [
+        Path(r["path"]).relative_to(root) for r in rows
+    ]
     for first, second in zip(rows, again):
         assert digest(first["path"]) == digest(second["path"]), first["path"]
         assert {k: v for k, v in first.items() if k != "path"} == {k: v for k, v in second.items() if k != "path"}
@@ -157,7 +159,9 @@ def test_every_window_shows_the_digit_and_it_reads_as_its_class(corpus, digit_ba
         tops, lefts = digit_position(spec, times)
         shown = {}
         for t, top, left, visible in zip(times, tops, lefts, digit_visibility(spec, times)):
-            crop = frames[int(round(t * spec.fps))][top : top + spec.digit_px, left : left + spec.digit_px].astype(float)
+            crop = frames[int(round(t * spec.fps))][top : top + spec.digit_px, left : left + spec.digit_px].astype(
+                float
+            )
             alpha = (crop - bg) @ (fg - bg) / np.dot(fg - bg, fg - bg)  # 0 on the background, 1 on the ink
             shown[t] = (alpha > 0.5).mean() > 0.1
             if visible == 1:
@@ -187,8 +191,21 @@ def test_nothing_but_the_digit_depends_on_the_class():
         assert abs(s.f1 / f1 - 1) < 0.041 and abs(s.f2 / f2 - 1) < 0.041
     nuisances = {
         name: np.array([getattr(s, name) for s in specs], float)
-        for name in ("digit_px", "x0", "y0", "vx", "vy", "video_onset_s", "blob_amplitude", "grain", "frame_noise",
-                     "balance", "audio_onset_s", "level", "snr_db")
+        for name in (
+            "digit_px",
+            "x0",
+            "y0",
+            "vx",
+            "vy",
+            "video_onset_s",
+            "blob_amplitude",
+            "grain",
+            "frame_noise",
+            "balance",
+            "audio_onset_s",
+            "level",
+            "snr_db",
+        )
     }
     for i in range(3):
         nuisances[f"fg_rgb[{i}]"] = np.array([s.fg_rgb[i] for s in specs])
@@ -210,9 +227,24 @@ def test_rejects_what_cannot_make_a_clip(tmp_path):
 
 def test_cli_from_the_repo_root(tmp_path):
     out = subprocess.run(
-        [sys.executable, "workflows/make_demo_corpus.py", "--output", str(tmp_path / "cli"), "--videos", "3",
-         "--seed", "1", "--duration", "2.6", "--workers", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "workflows/make_demo_corpus.py",
+            "--output",
+            str(tmp_path / "cli"),
+            "--videos",
+            "3",
+            "--seed",
+            "1",
+            "--duration",
+            "2.6",
+            "--workers",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "3/3 videos" in out.stdout and "videos per class" in out.stdout and "ms per video" in out.stdout

@@ -37,16 +37,24 @@ def read_back(path):
         info["duration"] = container.duration / av.time_base if container.duration else None
         if container.streams.video:
             v = container.streams.video[0]
-            info.update(video_codec=v.codec_context.name, width=v.codec_context.width,
-                        height=v.codec_context.height, pix_fmt=v.codec_context.pix_fmt, rate=v.average_rate)
+            info.update(
+                video_codec=v.codec_context.name,
+                width=v.codec_context.width,
+                height=v.codec_context.height,
+                pix_fmt=v.codec_context.pix_fmt,
+                rate=v.average_rate,
+            )
     with av.open(str(path)) as container:
         if container.streams.video:
             info["frames"] = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     with av.open(str(path)) as container:
         if container.streams.audio:
             a = container.streams.audio[0]
-            info.update(audio_codec=a.codec_context.name, sample_rate=a.codec_context.sample_rate,
-                        channels=a.codec_context.channels)
+            info.update(
+                audio_codec=a.codec_context.name,
+                sample_rate=a.codec_context.sample_rate,
+                channels=a.codec_context.channels,
+            )
             info["audio"] = np.concatenate([_planar(f) for f in container.decode(audio=0)], axis=1)
     return info
 
@@ -126,7 +134,9 @@ def test_audio_only_file(tmp_path):
     assert got["sample_rate"] == 16000 and got["duration"] == pytest.approx(1.5, abs=0.05)
 
 
-@pytest.mark.parametrize("data_channels, layout, expected", [(1, "stereo", 2), (2, "mono", 1), (2, None, 2), (1, None, 1)])
+@pytest.mark.parametrize(
+    "data_channels, layout, expected", [(1, "stereo", 2), (2, "mono", 1), (2, None, 2), (1, None, 1)]
+)
 def test_channel_layouts(tmp_path, data_channels, layout, expected):
     audio = tone(1.0, 44100, seed=3, channels=data_channels)
     write_media(tmp_path / "s.mp4", frames=ramp(10), audio=audio, fps=10, sample_rate=44100, audio_layout=layout)
@@ -158,13 +168,18 @@ def test_lossless_pcm_audio_is_exact(tmp_path):
     write_media(tmp_path / "pcm.mov", frames=ramp(24), audio=audio, fps=24, sample_rate=22050, audio_codec="pcm_s16le")
     got = read_back(tmp_path / "pcm.mov")
     assert got["audio_codec"] == "pcm_s16le"
-    np.testing.assert_allclose(got["audio"][0].astype(np.float32) / (32768 if got["audio"].dtype == np.int16 else 1),
-                               audio, atol=2e-4)
+    np.testing.assert_allclose(
+        got["audio"][0].astype(np.float32) / (32768 if got["audio"].dtype == np.int16 else 1), audio, atol=2e-4
+    )
 
 
-@pytest.mark.parametrize("name, size", [("a.mp4", (98, 62)), ("b.mkv", (97, 61)), ("c.webm", (64, 48)), ("d.avi", (50, 30))])
+@pytest.mark.parametrize(
+    "name, size", [("a.mp4", (98, 62)), ("b.mkv", (97, 61)), ("c.webm", (64, 48)), ("d.avi", (50, 30))]
+)
 def test_same_input_same_bytes(tmp_path, name, size):
-    frames = moving_disc(2.0, 24, *size, seed=6) // 2 + np.random.default_rng(0).integers(0, 40, (48, size[1], size[0], 3), dtype=np.uint8)
+    frames = moving_disc(2.0, 24, *size, seed=6) // 2 + np.random.default_rng(0).integers(
+        0, 40, (48, size[1], size[0], 3), dtype=np.uint8
+    )
     audio = tone(2.0, 44100, seed=6, channels=2)
     digests, junk = set(), []
     for i in range(5):
@@ -205,7 +220,12 @@ def test_bad_input_reasons_are_the_decoders():
     from avray.data import report
 
     assert set(SKIP_REASONS) <= set(report.REASONS)
-    assert (EMPTY, UNREADABLE, NO_VIDEO_STREAM, TOO_SHORT) == (report.EMPTY, report.UNREADABLE, report.NO_VIDEO_STREAM, report.TOO_SHORT)
+    assert (EMPTY, UNREADABLE, NO_VIDEO_STREAM, TOO_SHORT) == (
+        report.EMPTY,
+        report.UNREADABLE,
+        report.NO_VIDEO_STREAM,
+        report.TOO_SHORT,
+    )
 
 
 def test_odd_good_inputs_helper(tmp_path):

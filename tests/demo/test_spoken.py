@@ -88,6 +88,10 @@ def test_incidental_cues_are_independent_of_the_class():
         assert f_oneway(*(values[labels == c] for c in range(10))).pvalue > 1e-3, name
     for values in ([s.picture.bg_rgb[0] for s in specs], [len(s.distractors) for s in specs]):
         assert f_oneway(*(np.asarray(values, float)[labels == c] for c in range(10))).pvalue > 1e-3
-    table = np.array([[sum(1 for s, y in zip(specs, labels) if s.language == lang and y == c) for c in range(10)]
-                      for lang in LANGUAGES])
+    table = np.array(
+        [
+            [sum(1 for s, y in zip(specs, labels) if s.language == lang and y == c) for c in range(10)]
+            for lang in LANGUAGES
+        ]
+    )
     assert chi2_contingency(table).pvalue > 1e-3

@@ -13,9 +13,9 @@ import pytest
 
 from avray.checkpoint import load_config_of
 from avray.config import load_config
-from avray.demo.corpus import make_demo_corpus
 from avray.data.pipeline import load_clips
 from avray.data.shards import write_prepared
+from avray.demo.corpus import make_demo_corpus
 from avray.eval.embed import BASELINE_PREFIX, EmbeddingTable, read_embeddings
 from avray.eval.evaluate import (
     all_metrics,
@@ -34,22 +34,46 @@ VIDEOS = 40  # 4 per digit class
 # A tiny model on small clips (32 px, 4 fps, 8 kHz: the demo's tones are below 1.5 kHz), about
 # 120 optimizer steps in all: 40 videos x 8 clips, batches of 16, 6 epochs.
 SETTINGS = [
-    "model.video_width=8", "model.video_depth=2", "model.audio_width=8", "model.audio_depth=2",
-    "model.embed_dim=16", "model.fused_dim=16", "model.n_mels=32", "model.n_fft=256",
-    "data.frame_size=32", "data.fps=4", "data.sample_rate=8000", "data.clips_per_video=8",
-    "data.val_fraction=0", "data.decode_batch_size=16", "data.cpus_per_decode_task=0.5",
-    "train.num_workers=1", "train.cpus_per_worker=0.5", "train.batch_size=16", "train.lr=3e-3",
-    "train.warmup_epochs=0", "train.epochs=6", "tune.zipf_clusters=2",
+    "model.video_width=8",
+    "model.video_depth=2",
+    "model.audio_width=8",
+    "model.audio_depth=2",
+    "model.embed_dim=16",
+    "model.fused_dim=16",
+    "model.n_mels=32",
+    "model.n_fft=256",
+    "data.frame_size=32",
+    "data.fps=4",
+    "data.sample_rate=8000",
+    "data.clips_per_video=8",
+    "data.val_fraction=0",
+    "data.decode_batch_size=16",
+    "data.cpus_per_decode_task=0.5",
+    "train.num_workers=1",
+    "train.cpus_per_worker=0.5",
+    "train.batch_size=16",
+    "train.lr=3e-3",
+    "train.warmup_epochs=0",
+    "train.epochs=6",
+    "tune.zipf_clusters=2",
     # The recipe the margins below were measured with: instance discrimination without
     # augmentation, which the tone corpus's clean code rewards (the default recipe is measured
     # by workflows/bench_quality.py, docs/recipe.md).
-    "augment.enabled=false", "objectives.infonce.temperature=0.07", "objectives.fused.weight=0.5",
+    "augment.enabled=false",
+    "objectives.infonce.temperature=0.07",
+    "objectives.fused.weight=0.5",
 ]
 EVAL_OVERRIDES = ["data.clips_per_video=2"]
-LABEL_KEYS = [f"{kind}/{m}/{what}" for m in ("video", "audio", "fused")
-              for kind, what in (("probe", "accuracy"), ("knn", "accuracy"), ("cluster", "nmi"), ("cluster", "ari"))]
-RETRIEVAL_KEYS = [f"retrieval/{d}/{k}" for d in ("a2v", "v2a")
-                  for k in ("recall@1", "recall@5", "recall@10", "median_rank", "class_map")]
+LABEL_KEYS = [
+    f"{kind}/{m}/{what}"
+    for m in ("video", "audio", "fused")
+    for kind, what in (("probe", "accuracy"), ("knn", "accuracy"), ("cluster", "nmi"), ("cluster", "ari"))
+]
+RETRIEVAL_KEYS = [
+    f"retrieval/{d}/{k}"
+    for d in ("a2v", "v2a")
+    for k in ("recall@1", "recall@5", "recall@10", "median_rank", "class_map")
+]
 COUNTS = ["clips", "labelled_clips", "videos", "skipped_videos"]
 
 
@@ -72,8 +96,9 @@ def pretrained(ray_local, tmp_path_factory):
 def evaluated(pretrained):
     root, _ = pretrained
     messages = []
-    result = run_evaluation(root / "run", str(root / "corpus"), root / "eval", cfg_overrides=EVAL_OVERRIDES,
-                            progress=messages.append)
+    result = run_evaluation(
+        root / "run", str(root / "corpus"), root / "eval", cfg_overrides=EVAL_OVERRIDES, progress=messages.append
+    )
     print(format_table(result.metrics))
     return result, messages
 
@@ -105,7 +130,10 @@ def test_metrics_embeddings_and_plots_are_written(evaluated):
     embeddings = EmbeddingTable.from_arrow(table)
     assert embeddings.fused.shape == (2 * VIDEOS, 16) and embeddings.fused.dtype == np.float32
     assert sorted(p.name for p in (result.output / "plots").iterdir()) == [
-        "fused_pca.png", "probe_confusion_fused.png", "retrieval_recall.png"]
+        "fused_pca.png",
+        "probe_confusion_fused.png",
+        "retrieval_recall.png",
+    ]
     assert all(p.stat().st_size > 5000 for p in result.plots)
     assert messages[-1].startswith(f"[avray] embedded {2 * VIDEOS} clips")
 
@@ -155,8 +183,18 @@ def run_workflow(script: str, monkeypatch, *args: str) -> int:
 def test_embed_workflow_exports_every_clip(pretrained, tmp_path, monkeypatch, capsys):
     root, training = pretrained
     output = tmp_path / "embeddings"
-    code = run_workflow("embed.py", monkeypatch, "--checkpoint", training.checkpoint, "--data", str(root / "shards"),
-                        "--output", str(output), "--batch-size", "32")
+    code = run_workflow(
+        "embed.py",
+        monkeypatch,
+        "--checkpoint",
+        training.checkpoint,
+        "--data",
+        str(root / "shards"),
+        "--output",
+        str(output),
+        "--batch-size",
+        "32",
+    )
     assert code == 0
     assert f"wrote embeddings of {8 * VIDEOS} clips" in capsys.readouterr().out
     exported = read_embeddings(str(output))
@@ -170,9 +208,11 @@ def test_unlabelled_clips_get_label_free_metrics_only():
     n = 24
     table = EmbeddingTable(
         ids=np.array([f"v{i // 2}@{i % 2}" for i in range(n)], dtype=object),
-        sources=np.array([f"v{i // 2}" for i in range(n)], dtype=object), starts=np.zeros(n),
+        sources=np.array([f"v{i // 2}" for i in range(n)], dtype=object),
+        starts=np.zeros(n),
         labels=np.full(n, None, dtype=object),
-        audio=rng.standard_normal((n, 4), dtype=np.float32), video=rng.standard_normal((n, 4), dtype=np.float32),
+        audio=rng.standard_normal((n, 4), dtype=np.float32),
+        video=rng.standard_normal((n, 4), dtype=np.float32),
         fused=rng.standard_normal((n, 8), dtype=np.float32),
     )
     metrics, predictions = all_metrics(table, load_config(None, ["tune.zipf_clusters=2"]), folds=5)
@@ -186,8 +226,10 @@ def test_a_partly_labelled_corpus_is_scored_on_its_labelled_clips():
     table = EmbeddingTable(
         ids=np.array([f"v{i}@0" for i in range(n)], dtype=object),
         sources=np.array([f"v{i}" for i in range(n)], dtype=object),
-        starts=np.zeros(n), labels=np.array([("ab"[i % 2] if i % 3 else None) for i in range(n)], dtype=object),
-        audio=rng.standard_normal((n, 4), dtype=np.float32), video=rng.standard_normal((n, 4), dtype=np.float32),
+        starts=np.zeros(n),
+        labels=np.array([("ab"[i % 2] if i % 3 else None) for i in range(n)], dtype=object),
+        audio=rng.standard_normal((n, 4), dtype=np.float32),
+        video=rng.standard_normal((n, 4), dtype=np.float32),
         fused=rng.standard_normal((n, 8), dtype=np.float32),
     )
     with_labels = labelled(table)
@@ -206,8 +248,16 @@ def test_format_table_puts_trained_and_baseline_side_by_side():
 
 @pytest.mark.parametrize("script", ["evaluate.py", "embed.py"])
 def test_cli_rejects_a_missing_checkpoint(script, tmp_path, monkeypatch, capsys):
-    code = run_workflow(script, monkeypatch, "--checkpoint", str(tmp_path / "nothing"), "--data", str(tmp_path),
-                        "--output", str(tmp_path / "out"))
+    code = run_workflow(
+        script,
+        monkeypatch,
+        "--checkpoint",
+        str(tmp_path / "nothing"),
+        "--data",
+        str(tmp_path),
+        "--output",
+        str(tmp_path / "out"),
+    )
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: no avray checkpoint")
     assert not (tmp_path / "out").exists()

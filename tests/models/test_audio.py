@@ -20,8 +20,9 @@ def test_default_clip_gives_pooled_features_and_frequency_time_tokens():
 
 @pytest.mark.parametrize("width, depth", [(4, 1), (8, 2), (4, 4)])
 def test_width_and_depth_set_feature_size(width, depth):
-    encoder = AudioEncoder(ModelConfig(audio_width=width, audio_depth=depth, n_mels=32, n_fft=256),
-                           SMALL_DATA.sample_rate)
+    encoder = AudioEncoder(
+        ModelConfig(audio_width=width, audio_depth=depth, n_mels=32, n_fft=256), SMALL_DATA.sample_rate
+    )
     _, audio = random_clips(SMALL_DATA, batch=2)
     pooled, tokens = encoder(audio)
     assert encoder.out_dim == width * 2 ** (depth - 1)

@@ -21,8 +21,15 @@ from avray.models.augment import (
 B, T, H, W, S, RATE = 6, 8, 32, 32, 8000, 4000
 DATA = DataConfig(clip_seconds=2.0, fps=4, frame_size=H, sample_rate=RATE)
 # Every op off: each test turns on the one it checks.
-NO_VIDEO = VideoAugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0,
-                              grayscale_p=0.0, frame_offset=0, rate_jitter=0.0)
+NO_VIDEO = VideoAugmentConfig(
+    crop_scale=(1.0, 1.0),
+    crop_ratio=(1.0, 1.0),
+    flip_p=0.0,
+    jitter_p=0.0,
+    grayscale_p=0.0,
+    frame_offset=0,
+    rate_jitter=0.0,
+)
 NO_AUDIO = AudioAugmentConfig(gain_db=0.0, noise_p=0.0, time_shift_s=0.0, freq_masks=0, time_masks=0, mix_p=0.0)
 
 
@@ -68,8 +75,17 @@ def test_off_is_identity(clips):
 
 def test_model_masks_log_mel_only_while_training(clips):
     video, audio = clips
-    model_cfg = ModelConfig(video_width=4, audio_width=4, video_depth=1, audio_depth=1, n_fft=256, hop_length=64,
-                            n_mels=16, embed_dim=8, fused_dim=8)
+    model_cfg = ModelConfig(
+        video_width=4,
+        audio_width=4,
+        video_depth=1,
+        audio_depth=1,
+        n_fft=256,
+        hop_length=64,
+        n_mels=16,
+        embed_dim=8,
+        fused_dim=8,
+    )
     plain = build_model(model_cfg, DATA)
     masked = build_model(model_cfg, DATA, AugmentConfig(audio=AudioAugmentConfig(freq_masks=2, freq_mask_bins=8)))
     assert plain.state_dict().keys() == masked.state_dict().keys()  # checkpoints stay interchangeable
@@ -193,5 +209,5 @@ def test_same_ops_on_a_gpu(clips):
 
 def test_views_are_not_pixel_identical_to_the_clip(clips):
     video, audio = clips
-    (v, a), = Augmenter(AugmentConfig(), DATA).views(video, audio, 1, step=0)
+    ((v, a),) = Augmenter(AugmentConfig(), DATA).views(video, audio, 1, step=0)
     assert (v.float() - video.float()).abs().mean() > 1 and not math.isclose(float((a - audio).abs().mean()), 0.0)

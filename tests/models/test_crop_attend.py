@@ -7,11 +7,14 @@ from avray.models import SpaceTimeCropAttend, random_box_mask
 from avray.models.crop_attend import crop_extents
 
 
-@pytest.mark.parametrize("grid, keep, volume", [
-    ((4, 4, 4), 0.75, 48),   # the default clip: one slice of the 4×4×4 map is cropped away
-    ((2, 4, 4), 0.75, 24),   # only a spatial axis can get there
-    ((1, 1, 1), 0.5, 1),     # nothing to crop
-])
+@pytest.mark.parametrize(
+    "grid, keep, volume",
+    [
+        ((4, 4, 4), 0.75, 48),  # the default clip: one slice of the 4×4×4 map is cropped away
+        ((2, 4, 4), 0.75, 24),  # only a spatial axis can get there
+        ((1, 1, 1), 0.5, 1),  # nothing to crop
+    ],
+)
 def test_crop_volume_hits_the_kept_share_on_small_maps(grid, keep, volume):
     extents = crop_extents(grid, keep)
     assert math.prod(extents) == volume
@@ -36,8 +39,7 @@ def test_each_sample_gets_one_box_at_its_own_offset():
     assert (sizes == sizes[0]).all() and 0 < sizes[0] < 4 * 6 * 6
     for sample in mask:
         # A box: the kept positions span exactly a block whose volume is the count.
-        spans = [sample.any(dim=tuple(d for d in range(3) if d != axis)).nonzero().flatten()
-                 for axis in range(3)]
+        spans = [sample.any(dim=tuple(d for d in range(3) if d != axis)).nonzero().flatten() for axis in range(3)]
         assert all((s[1:] - s[:-1] == 1).all() for s in spans)
         assert math.prod(len(s) for s in spans) == sample.sum()
     assert len({tuple(m.flatten().tolist()) for m in mask}) > 1

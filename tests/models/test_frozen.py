@@ -8,12 +8,25 @@ from torch import nn
 from avray.config import ConfigError, FrozenAudioConfig, FrozenVideoConfig, load_config
 from avray.models.audio import AudioEncoder, LogMel
 from avray.models.frozen import (
-    FrozenAudioEncoder, FrozenVideoEncoder, as_encoder_output, build_frozen_encoders, load_module,
+    FrozenAudioEncoder,
+    FrozenVideoEncoder,
+    as_encoder_output,
+    build_frozen_encoders,
+    load_module,
 )
 from avray.models.video import VideoEncoder
 
-SMALL = ["model.video_width=8", "model.video_depth=2", "model.audio_width=8", "model.audio_depth=2",
-         "model.n_mels=32", "model.n_fft=256", "data.clip_seconds=1.0", "data.fps=4", "data.frame_size=32"]
+SMALL = [
+    "model.video_width=8",
+    "model.video_depth=2",
+    "model.audio_width=8",
+    "model.audio_depth=2",
+    "model.n_mels=32",
+    "model.n_fft=256",
+    "data.clip_seconds=1.0",
+    "data.fps=4",
+    "data.frame_size=32",
+]
 
 
 class TinyVideoNet(nn.Module):
@@ -37,7 +50,9 @@ def test_torchscript_video_encoder_gets_resized_normalised_bcthw_frames(tmp_path
     torch.manual_seed(0)
     net = TinyVideoNet().eval()
     torch.jit.script(net).save(str(tmp_path / "video.pt"))
-    section = FrozenVideoConfig(path=str(tmp_path / "video.pt"), frame_size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    section = FrozenVideoConfig(
+        path=str(tmp_path / "video.pt"), frame_size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)
+    )
     cfg = load_config(None, SMALL)
     encoder = FrozenVideoEncoder(load_module(section, "video", cfg.model, cfg.data), section)
     video = _clips()
@@ -45,8 +60,13 @@ def test_torchscript_video_encoder_gets_resized_normalised_bcthw_frames(tmp_path
 
     frames = video.permute(0, 4, 1, 2, 3).float()
     b, c, t, h, w = frames.shape
-    resized = nn.functional.interpolate(frames.transpose(1, 2).reshape(b * t, c, h, w), size=(16, 16),
-                                        mode="bilinear", antialias=True).reshape(b, t, c, 16, 16).transpose(1, 2)
+    resized = (
+        nn.functional.interpolate(
+            frames.transpose(1, 2).reshape(b * t, c, h, w), size=(16, 16), mode="bilinear", antialias=True
+        )
+        .reshape(b, t, c, 16, 16)
+        .transpose(1, 2)
+    )
     expected = net((resized / 255.0 - 0.5) / 0.25)
     assert out.pooled.shape == (3, 5) and out.tokens.shape == (3, 1, 5)
     torch.testing.assert_close(out.pooled, expected)
@@ -59,9 +79,18 @@ def test_state_dict_of_avray_encoders_reproduces_them_exactly(tmp_path):
     video_net, audio_net = VideoEncoder(cfg.model).eval(), AudioEncoder(cfg.model, cfg.data.sample_rate).eval()
     torch.save(video_net.state_dict(), tmp_path / "video.pt")
     torch.save(audio_net.state_dict(), tmp_path / "audio.pt")
-    cfg = load_config(None, [*SMALL, f"frozen.video.path={tmp_path / 'video.pt'}", "frozen.video.architecture=avray",
-                             "frozen.video.layout=BTHWC", "frozen.video.normalize=false",
-                             f"frozen.audio.path={tmp_path / 'audio.pt'}", "frozen.audio.architecture=avray"])
+    cfg = load_config(
+        None,
+        [
+            *SMALL,
+            f"frozen.video.path={tmp_path / 'video.pt'}",
+            "frozen.video.architecture=avray",
+            "frozen.video.layout=BTHWC",
+            "frozen.video.normalize=false",
+            f"frozen.audio.path={tmp_path / 'audio.pt'}",
+            "frozen.audio.architecture=avray",
+        ],
+    )
     video_encoder, audio_encoder = build_frozen_encoders(cfg)
     video, audio = _clips(), torch.randn(3, cfg.data.num_samples)
     with torch.no_grad():
@@ -71,14 +100,24 @@ def test_state_dict_of_avray_encoders_reproduces_them_exactly(tmp_path):
     torch.testing.assert_close(audio_encoder(audio).pooled, want_audio.pooled)
 
     # An avray checkpoint's state.pt (the whole module, prefixed) works as it is.
-    torch.save({"module": {**{f"model.video_encoder.{k}": v for k, v in video_net.state_dict().items()},
-                           "model.video_head.0.weight": torch.zeros(1)}, "epoch": 3}, tmp_path / "state.pt")
+    torch.save(
+        {
+            "module": {
+                **{f"model.video_encoder.{k}": v for k, v in video_net.state_dict().items()},
+                "model.video_head.0.weight": torch.zeros(1),
+            },
+            "epoch": 3,
+        },
+        tmp_path / "state.pt",
+    )
     section = FrozenVideoConfig(path=str(tmp_path / "state.pt"), architecture="avray", layout="BTHWC", normalize=False)
     from_checkpoint = FrozenVideoEncoder(load_module(section, "video", cfg.model, cfg.data), section)
     torch.testing.assert_close(from_checkpoint(video).pooled, want_video.pooled)
     with pytest.raises(ConfigError, match="not a state dict of tensors"):
         torch.jit.script(nn.Linear(2, 2)).save(str(tmp_path / "scripted.pt"))
-        load_module(FrozenVideoConfig(path=str(tmp_path / "scripted.pt"), architecture="avray"), "video", cfg.model, cfg.data)
+        load_module(
+            FrozenVideoConfig(path=str(tmp_path / "scripted.pt"), architecture="avray"), "video", cfg.model, cfg.data
+        )
 
 
 def test_log_mel_input_and_strip_and_dict_outputs(tmp_path):
@@ -111,7 +150,6 @@ def test_log_mel_input_and_strip_and_dict_outputs(tmp_path):
     assert as_encoder_output(pair).pooled is pair[0] and as_encoder_output(pair).tokens is pair[1]
 
 
-
 def test_strip_replaces_a_submodule_with_identity(tmp_path):
     cfg = load_config(None, SMALL)
     torch.manual_seed(3)
@@ -142,12 +180,20 @@ def test_bad_encoders_give_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="does not fit avray"):
         load_module(FrozenVideoConfig(path=str(tmp_path / "sd.pt"), architecture="avray"), "video", cfg.model, cfg.data)
     with pytest.raises(ConfigError, match="no builder 'no_such_model'"):
-        load_module(FrozenAudioConfig(path=str(tmp_path / "sd.pt"), architecture="torchaudio:no_such_model"),
-                    "audio", cfg.model, cfg.data)
+        load_module(
+            FrozenAudioConfig(path=str(tmp_path / "sd.pt"), architecture="torchaudio:no_such_model"),
+            "audio",
+            cfg.model,
+            cfg.data,
+        )
     torch.save(VideoEncoder(cfg.model).state_dict(), tmp_path / "avray.pt")
     with pytest.raises(ConfigError, match="has no attribute 'head'"):
-        load_module(FrozenVideoConfig(path=str(tmp_path / "avray.pt"), architecture="avray", strip="head"),
-                    "video", cfg.model, cfg.data)
+        load_module(
+            FrozenVideoConfig(path=str(tmp_path / "avray.pt"), architecture="avray", strip="head"),
+            "video",
+            cfg.model,
+            cfg.data,
+        )
 
 
 def test_loads_torchscript_from_s3(s3_env, tmp_path):

@@ -12,12 +12,10 @@ DIMS = {"video": 16, "audio": 12}
 def encoder_outputs(batch: int, n_video: int = 10, n_audio: int = 7) -> tuple[EncoderOutput, EncoderOutput]:
     video_tokens = torch.randn(batch, n_video, DIMS["video"], requires_grad=True)
     audio_tokens = torch.randn(batch, n_audio, DIMS["audio"], requires_grad=True)
-    return (EncoderOutput(video_tokens.mean(1), video_tokens),
-            EncoderOutput(audio_tokens.mean(1), audio_tokens))
+    return (EncoderOutput(video_tokens.mean(1), video_tokens), EncoderOutput(audio_tokens.mean(1), audio_tokens))
 
 
-@pytest.mark.parametrize("fusion, cls", [("concat_mlp", ConcatMLPFusion),
-                                         ("cross_attention", CrossAttentionFusion)])
+@pytest.mark.parametrize("fusion, cls", [("concat_mlp", ConcatMLPFusion), ("cross_attention", CrossAttentionFusion)])
 def test_build_fusion_picks_the_configured_module_and_gives_one_joint_embedding(fusion, cls):
     module = build_fusion(dataclasses.replace(SMALL_MODEL, fusion=fusion), DIMS)
     assert isinstance(module, cls)

@@ -9,8 +9,10 @@ from avray.models import AVModel, build_model
 from tests.models.clips import SMALL_DATA, SMALL_MODEL, random_clips
 
 KEYS = {"video_features", "audio_features", "video", "audio", "fused"}
-VARIANTS = [dataclasses.replace(SMALL_MODEL, fusion=fusion, crop_attend=crop)
-            for fusion, crop in itertools.product(["concat_mlp", "cross_attention"], [False, True])]
+VARIANTS = [
+    dataclasses.replace(SMALL_MODEL, fusion=fusion, crop_attend=crop)
+    for fusion, crop in itertools.product(["concat_mlp", "cross_attention"], [False, True])
+]
 VARIANT_IDS = [f"{c.fusion}-crop{c.crop_attend}" for c in VARIANTS]
 
 
@@ -27,8 +29,7 @@ def assert_matches_output_dims(model: AVModel, out: dict[str, torch.Tensor], bat
 def test_default_model_on_the_default_clip():
     model = build_model(ModelConfig(), DataConfig()).train()
     out = model(*random_clips(DataConfig(), batch=2))
-    assert model.output_dims == {"video_features": 256, "audio_features": 128,
-                                 "video": 128, "audio": 128, "fused": 256}
+    assert model.output_dims == {"video_features": 256, "audio_features": 128, "video": 128, "audio": 128, "fused": 256}
     assert_matches_output_dims(model, out, batch=2)
 
 
@@ -37,8 +38,7 @@ def test_every_variant_trains_at_b2_and_evaluates_at_b1(cfg):
     model = build_model(cfg, SMALL_DATA)
     video, audio = random_clips(SMALL_DATA, batch=2)
     assert_matches_output_dims(model, model.train()(video, audio), batch=2)
-    assert model.output_dims == {"video_features": 16, "audio_features": 16,
-                                 "video": 16, "audio": 16, "fused": 24}
+    assert model.output_dims == {"video_features": 16, "audio_features": 16, "video": 16, "audio": 16, "fused": 24}
     with torch.no_grad():
         assert_matches_output_dims(model, model.eval()(video[:1], audio[:1]), batch=1)
 
@@ -95,7 +95,8 @@ def test_model_moves_to_the_meta_device_whole(cfg):
     for mode in (model.train, model.eval):
         out = mode()(video.to("meta"), audio.to("meta"))
         assert {key: (out[key].device.type, tuple(out[key].shape)) for key in model.output_dims} == {
-            key: ("meta", (2, dim)) for key, dim in model.output_dims.items()}
+            key: ("meta", (2, dim)) for key, dim in model.output_dims.items()
+        }
         assert {out[key].device.type for key in ("video_tokens", "audio_tokens")} == {"meta"}
 
 

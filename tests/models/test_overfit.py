@@ -18,7 +18,7 @@ def four_pairs(noise_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     video = torch.randint(0, 60, (4, t, size, size, 3), generator=g, dtype=torch.uint8)
     for i in range(4):
         top, left = (i // 2) * half, (i % 2) * half
-        video[i, :, top:top + half, left:left + half] += 180
+        video[i, :, top : top + half, left : left + half] += 180
     seconds = torch.arange(SMALL_DATA.num_samples) / SMALL_DATA.sample_rate
     tones = torch.stack([torch.sin(2 * math.pi * f * seconds) for f in FREQUENCIES_HZ])
     audio = 0.5 * tones + 0.05 * torch.randn(4, SMALL_DATA.num_samples, generator=g)

@@ -28,8 +28,9 @@ def _free_port() -> int:
 
 def _serve(rank: int, port: int, jobs, results) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60)
+    )
     while (job := jobs.get()) is not None:
         fn, args = job
         try:
@@ -51,8 +52,9 @@ class TwoRanks:
         port = _free_port()
         self._jobs = [ctx.Queue() for _ in range(WORLD)]
         self._results = ctx.Queue()
-        self._procs = [ctx.Process(target=_serve, args=(r, port, self._jobs[r], self._results), daemon=True)
-                       for r in range(WORLD)]
+        self._procs = [
+            ctx.Process(target=_serve, args=(r, port, self._jobs[r], self._results), daemon=True) for r in range(WORLD)
+        ]
         for proc in self._procs:
             proc.start()
 

@@ -73,6 +73,7 @@ def test_from_config():
 
 # --- distributed ----------------------------------------------------------------------------
 
+
 def _make():
     return ClusterContrastive({"video": DIMS["video"], "audio": DIMS["audio"]}, num_clusters=3, temperature=0.5)
 

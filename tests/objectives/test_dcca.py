@@ -54,12 +54,14 @@ def test_inverse_square_root_gradient_is_exact():
     spd = (a @ a.T + 0.5 * torch.eye(5, dtype=torch.float64)).requires_grad_()
     # Perturb symmetrically: the function is only defined on symmetric matrices.
     assert torch.autograd.gradcheck(lambda m: _InvSqrtPSD.apply((m + m.T) / 2, 1e-6), (spd,))
-    torch.testing.assert_close(_InvSqrtPSD.apply(spd, 1e-6) @ _InvSqrtPSD.apply(spd, 1e-6) @ spd,
-                               torch.eye(5, dtype=torch.float64))
+    torch.testing.assert_close(
+        _InvSqrtPSD.apply(spd, 1e-6) @ _InvSqrtPSD.apply(spd, 1e-6) @ spd, torch.eye(5, dtype=torch.float64)
+    )
 
 
 def _naive_eigh_loss(h1, h2, eps):
     """DCCA through eigh's own autograd: its backward divides by λ_i − λ_j."""
+
     def inv_sqrt(c):
         lam, v = torch.linalg.eigh(c)
         return v @ torch.diag(lam.clamp_min(eps).rsqrt()) @ v.T
@@ -115,6 +117,7 @@ def test_from_config_checks_top_k():
 
 
 # --- distributed: statistics are all-reduced, so 2 × B rows equal 1 × 2B ---------------------
+
 
 def _make():
     return DCCA(eps=1e-3)

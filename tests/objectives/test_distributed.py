@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from avray.objectives.distributed import (
-    all_reduce_, all_reduce_sum, batch_sizes, gather, global_mean, is_distributed, rank, world_size,
+    all_reduce_,
+    all_reduce_sum,
+    batch_sizes,
+    gather,
+    global_mean,
+    is_distributed,
+    rank,
+    world_size,
 )
 
 SIZES = [3, 2]  # uneven on purpose
@@ -29,9 +36,16 @@ def _collectives_job() -> dict:
     summed = all_reduce_sum(x[0])
     ((r + 1) * summed).sum().backward()
     mean = global_mean(torch.tensor(float(SIZES[r]) * (r + 1)), SIZES[r])
-    return {"sizes": batch_sizes(SIZES[r], x.device), "gathered": gathered.detach(), "gather_grad": gather_grad,
-            "sum": summed.detach(), "sum_grad": x.grad.clone(), "mean": mean,
-            "world": world_size(), "distributed": is_distributed()}
+    return {
+        "sizes": batch_sizes(SIZES[r], x.device),
+        "gathered": gathered.detach(),
+        "gather_grad": gather_grad,
+        "sum": summed.detach(),
+        "sum_grad": x.grad.clone(),
+        "mean": mean,
+        "world": world_size(),
+        "distributed": is_distributed(),
+    }
 
 
 @pytest.fixture(scope="module")

@@ -74,6 +74,7 @@ def test_from_config_needs_equal_projection_widths():
 
 # --- 2 ranks × B rows must equal 1 process × 2B rows, loss and parameter gradients ---------
 
+
 class _NaiveGather(torch.autograd.Function):
     """The bug this package avoids: backward returns this rank's slice of its own gradient."""
 
@@ -95,8 +96,7 @@ def _make():
 
 def _infonce_job(inputs, sizes, uneven_inputs, uneven_sizes):
     r = rank()
-    result = {"even": step(_make, rows(inputs, sizes, r)),
-              "uneven": step(_make, rows(uneven_inputs, uneven_sizes, r))}
+    result = {"even": step(_make, rows(inputs, sizes, r)), "uneven": step(_make, rows(uneven_inputs, uneven_sizes, r))}
     with mock.patch("avray.objectives.infonce.gather", lambda x, s=None: _NaiveGather.apply(x, s)):
         result["naive"] = step(_make, rows(inputs, sizes, r))
     return result

@@ -3,8 +3,18 @@ import math
 import pytest
 import torch
 
-from avray.config import (ClusterContrastiveConfig, ConfigError, DCCAConfig, FusedContrastiveConfig, InfoNCEConfig,
-                          ObjectivesConfig, SDLConfig, XDCConfig, with_overrides, Config)
+from avray.config import (
+    ClusterContrastiveConfig,
+    Config,
+    ConfigError,
+    DCCAConfig,
+    FusedContrastiveConfig,
+    InfoNCEConfig,
+    ObjectivesConfig,
+    SDLConfig,
+    XDCConfig,
+    with_overrides,
+)
 from avray.objectives import LossMixture, NonFiniteLossError
 from avray.objectives.distributed import rank
 from tests.objectives.tiny import DIMS, TinyModel, assert_same_step, make_inputs, rows, step
@@ -33,7 +43,14 @@ def test_holds_only_weighted_objectives():
     assert list(LossMixture.from_config(ObjectivesConfig(), DIMS).objectives) == ["infonce"]
     mixture = LossMixture.from_config(ALL, DIMS)
     assert list(mixture.objectives) == NAMES
-    assert mixture.weights == {"infonce": 1.0, "fused": 0.75, "xdc": 0.5, "cluster_contrastive": 0.25, "dcca": 0.1, "sdl": 2.0}
+    assert mixture.weights == {
+        "infonce": 1.0,
+        "fused": 0.75,
+        "xdc": 0.5,
+        "cluster_contrastive": 0.25,
+        "dcca": 0.1,
+        "sdl": 2.0,
+    }
 
 
 def test_total_is_the_weighted_sum_of_the_unweighted_terms():
@@ -120,8 +137,9 @@ def test_every_objective_stays_finite_on_degenerate_batches(kind):
         values = {k: torch.zeros_like(v) for k, v in values.items()}
     outputs = {k: v.requires_grad_() for k, v in values.items()}
     mixture = LossMixture.from_config(ALL, DIMS)
-    mixture.objectives["xdc"].recluster({"video_features": values["video_features"].detach(),
-                                         "audio_features": values["audio_features"].detach()})
+    mixture.objectives["xdc"].recluster(
+        {"video_features": values["video_features"].detach(), "audio_features": values["audio_features"].detach()}
+    )
     result = mixture(outputs, _xdc_targets(n))
     assert set(result.terms) == set(NAMES)
     result.total.backward()
@@ -140,6 +158,7 @@ def test_config_validates_the_new_keys():
 
 
 # --- distributed: the whole mixture, one sample per worker, and agreement on NaN ---------------
+
 
 class _ReclusteredTotal(torch.nn.Module):
     """The mixture's total, XDC's pseudo-labels coming from clustering ``features`` first."""
@@ -176,10 +195,12 @@ def _nonfinite_outcome(inputs, poison: bool, mode: str):
 
 def _mixture_job(inputs):
     shard = rows(inputs, [1, 1], rank())
-    return {"step": _mixture_step(shard),
-            # A NaN on rank 1 only.
-            "raise": _nonfinite_outcome(shard, rank() == 1, "raise"),
-            "skip": _nonfinite_outcome(shard, rank() == 1, "skip")}
+    return {
+        "step": _mixture_step(shard),
+        # A NaN on rank 1 only.
+        "raise": _nonfinite_outcome(shard, rank() == 1, "raise"),
+        "skip": _nonfinite_outcome(shard, rank() == 1, "skip"),
+    }
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from avray.config import SDLConfig
 from avray.objectives.distributed import rank
 from avray.objectives.sdl import SDL
-from tests.objectives.tiny import DIMS, assert_same_step, make_inputs, rows, step, TinyModel
+from tests.objectives.tiny import DIMS, TinyModel, assert_same_step, make_inputs, rows, step
 
 
 def _reference(video, audio, running, weight, momentum, lam):
@@ -22,8 +22,10 @@ def _reference(video, audio, running, weight, momentum, lam):
 
 def _views(n, e, seed):
     g = torch.Generator().manual_seed(seed)
-    return {"video": torch.randn(n, e, generator=g, dtype=torch.float64) * 3 + 1,
-            "audio": torch.randn(n, e, generator=g, dtype=torch.float64)}
+    return {
+        "video": torch.randn(n, e, generator=g, dtype=torch.float64) * 3 + 1,
+        "audio": torch.randn(n, e, generator=g, dtype=torch.float64),
+    }
 
 
 def test_matches_the_written_out_formula_over_consecutive_steps():
@@ -70,8 +72,10 @@ def test_a_non_finite_batch_does_not_poison_the_running_estimate():
 
 @pytest.mark.parametrize("n, e", [(1, 4), (3, 8)], ids=["one-row", "E>B"])
 def test_degenerate_batches_stay_finite(n, e):
-    for batch in (_views(n, e, 0), {"video": torch.ones(n, e, dtype=torch.float64),
-                                    "audio": torch.ones(n, e, dtype=torch.float64)}):
+    for batch in (
+        _views(n, e, 0),
+        {"video": torch.ones(n, e, dtype=torch.float64), "audio": torch.ones(n, e, dtype=torch.float64)},
+    ):
         batch = {k: v.requires_grad_() for k, v in batch.items()}
         loss = SDL(e)(batch)
         loss.backward()
@@ -85,6 +89,7 @@ def test_from_config_needs_equal_widths():
 
 
 # --- distributed: two consecutive steps, buffers included --------------------------------------
+
 
 def _make():
     return SDL(DIMS["video"], decorrelation_weight=0.7, momentum=0.9)
@@ -108,8 +113,10 @@ def _two_steps(inputs: list[dict]) -> dict:
 
 
 def _job(batches, sizes):
-    return {"two": _two_steps([rows(b, sizes, rank()) for b in batches]),
-            "step": step(_make, rows(batches[0], sizes, rank()))}
+    return {
+        "two": _two_steps([rows(b, sizes, rank()) for b in batches]),
+        "step": step(_make, rows(batches[0], sizes, rank())),
+    }
 
 
 @pytest.mark.parametrize("sizes", [[6, 4], [1, 1]], ids=["6+4", "one-per-rank"])
@@ -118,8 +125,9 @@ def test_two_ranks_equal_one_process_with_the_global_batch(two_ranks, sizes):
     want = _two_steps(batches)
     for result in two_ranks.run(_job, batches, sizes):
         assert_same_step(result["step"], step(_make, batches[0]))
-        for got_value, want_value in zip(result["two"]["losses"] + result["two"]["grads"],
-                                         want["losses"] + want["grads"]):
+        for got_value, want_value in zip(
+            result["two"]["losses"] + result["two"]["grads"], want["losses"] + want["grads"]
+        ):
             torch.testing.assert_close(got_value, want_value, rtol=1e-9, atol=1e-12)
         for name, value in want["state"].items():
             torch.testing.assert_close(result["two"]["state"][name], value, rtol=1e-9, atol=1e-12)

@@ -21,13 +21,22 @@ def _planted(n: int, seed: int = 0):
     video_truth, audio_truth = torch.randint(0, 3, (n,), generator=g), torch.randint(0, 3, (n,), generator=g)
     video = torch.randn(3, FEATURE_DIMS["video"], generator=g)[video_truth] * 5
     audio = torch.randn(3, FEATURE_DIMS["audio"], generator=g)[audio_truth] * 5
-    features = {"video_features": video + 0.1 * torch.randn(video.shape, generator=g),
-                "audio_features": audio + 0.1 * torch.randn(audio.shape, generator=g)}
+    features = {
+        "video_features": video + 0.1 * torch.randn(video.shape, generator=g),
+        "audio_features": audio + 0.1 * torch.randn(audio.shape, generator=g),
+    }
     return features, video_truth, audio_truth
 
 
-@pytest.mark.parametrize("variant, keys", [("cross", ("audio", "video")), ("self", ("audio", "video")),
-                                           ("multi", ("audio", "video")), ("concat", ("concat",))])
+@pytest.mark.parametrize(
+    "variant, keys",
+    [
+        ("cross", ("audio", "video")),
+        ("self", ("audio", "video")),
+        ("multi", ("audio", "video")),
+        ("concat", ("concat",)),
+    ],
+)
 def test_each_variant_clusters_what_it_learns(variant, keys):
     xdc = XDC(FEATURE_DIMS, num_clusters=3, variant=variant)
     features, _, _ = _planted(30)
@@ -89,8 +98,10 @@ def test_recluster_reinitialises_heads_deterministically_and_state_round_trips()
     fresh = XDC(FEATURE_DIMS, num_clusters=3, seed=5)
     fresh.load_state_dict(state)
     assert torch.equal(fresh.centroids_audio, a.centroids_audio)
-    assert not torch.equal(XDC(FEATURE_DIMS, num_clusters=3, seed=6).heads["video_to_audio"].weight,
-                           XDC(FEATURE_DIMS, num_clusters=3, seed=5).heads["video_to_audio"].weight)
+    assert not torch.equal(
+        XDC(FEATURE_DIMS, num_clusters=3, seed=6).heads["video_to_audio"].weight,
+        XDC(FEATURE_DIMS, num_clusters=3, seed=5).heads["video_to_audio"].weight,
+    )
 
 
 def test_fewer_videos_than_clusters_still_gives_valid_labels():
@@ -119,8 +130,11 @@ def _xdc_job(features, inputs, targets):
     xdc = _make()
     labels = xdc.recluster(rows(features, SIZES, r))
     batch = [3, 5]
-    return {"labels": labels, "state": xdc.state_dict(),
-            "step": step(_make, rows(inputs, batch, r), rows(targets, batch, r))}
+    return {
+        "labels": labels,
+        "state": xdc.state_dict(),
+        "step": step(_make, rows(inputs, batch, r), rows(targets, batch, r)),
+    }
 
 
 def test_two_ranks_cluster_and_learn_like_one_process(two_ranks):

@@ -5,7 +5,7 @@ returns the loss and the parameter gradients averaged over ranks, as DDP would."
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -28,8 +28,13 @@ class TinyModel(nn.Module):
 
     def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         fv, fa = self.video_encoder(inputs["video"]), self.audio_encoder(inputs["audio"])
-        return {"video_features": fv, "audio_features": fa, "video": self.video_head(fv),
-                "audio": self.audio_head(fa), "fused": torch.cat([fv, fa], dim=1)}
+        return {
+            "video_features": fv,
+            "audio_features": fa,
+            "video": self.video_head(fv),
+            "audio": self.audio_head(fa),
+            "fused": torch.cat([fv, fa], dim=1),
+        }
 
 
 def make_inputs(n: int, seed: int = 0) -> dict[str, Tensor]:

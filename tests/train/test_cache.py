@@ -8,7 +8,9 @@ from avray.train.trainer import cache_training_clips
 
 
 def _data(train: int, val: int = 0, epoch_clock=None) -> TrainingData:
-    return TrainingData(train=None, val=None, num_train_clips=train, num_val_clips=val, clips=None, epoch_clock=epoch_clock)
+    return TrainingData(
+        train=None, val=None, num_train_clips=train, num_val_clips=val, clips=None, epoch_clock=epoch_clock
+    )
 
 
 def test_auto_caches_what_fits_in_half_the_object_store(ray_local):
@@ -31,6 +33,8 @@ def test_fresh_windows_every_epoch_are_never_cached_unless_asked(ray_local):
     assert not cache_training_clips(random_windows, _data(100, epoch_clock=object()))
     # Prepared shards hold fixed windows whatever data.sampling says.
     assert cache_training_clips(random_windows, _data(100))
-    assert cache_training_clips(replace(random_windows, train=replace(random_windows.train, cache_clips="always")),
-                                _data(100, epoch_clock=object()))
+    assert cache_training_clips(
+        replace(random_windows, train=replace(random_windows.train, cache_clips="always")),
+        _data(100, epoch_clock=object()),
+    )
     assert not cache_training_clips(load_config(None, ["train.cache_clips=never"]), _data(10))

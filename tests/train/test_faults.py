@@ -20,9 +20,11 @@ class FailedRun(Exception):
     """Stands in for Ray Train's ``WorkerGroupError``: the failures by rank."""
 
     def __init__(self, failures):
-        super().__init__("Training failed due to worker errors:\n[Rank 0 Error Snippet]:\nTraceback (most recent call "
-                         'last):\n  File "/src/avray/train/loop.py", line 328, in run_loop\n  File "/lib/sklearn.py", '
-                         "line 7, in check\nValueError: Input y contains NaN.")
+        super().__init__(
+            "Training failed due to worker errors:\n[Rank 0 Error Snippet]:\nTraceback (most recent call "
+            'last):\n  File "/src/avray/train/loop.py", line 328, in run_loop\n  File "/lib/sklearn.py", '
+            "line 7, in check\nValueError: Input y contains NaN."
+        )
         self.worker_failures = failures
 
 
@@ -43,15 +45,23 @@ def test_an_error_of_the_code_on_every_worker_is_one_line_naming_cause_and_place
     failures = {1: ValueError("Input y\ncontains NaN."), 0: ValueError("Input y contains NaN.")}
     fatal = deterministic_failure(FailedRun(failures))
     assert isinstance(fatal, TrainingError)
-    assert str(fatal) == ("training failed on worker rank 0 with ValueError: Input y contains NaN. at "
-                          "/src/avray/train/loop.py:328 in run_loop; "
-                          "not retried, since it would fail the same way again")
+    assert str(fatal) == (
+        "training failed on worker rank 0 with ValueError: Input y contains NaN. at "
+        "/src/avray/train/loop.py:328 in run_loop; "
+        "not retried, since it would fail the same way again"
+    )
 
 
 def _train_workers_started() -> int:
     """Ray Train worker actors this cluster has started, dead ones included."""
-    return len(list_actors(address=ray.get_runtime_context().gcs_address, limit=10_000,
-                           filters=[("class_name", "=", "RayTrainWorker")], raise_on_missing_output=False))
+    return len(
+        list_actors(
+            address=ray.get_runtime_context().gcs_address,
+            limit=10_000,
+            filters=[("class_name", "=", "RayTrainWorker")],
+            raise_on_missing_output=False,
+        )
+    )
 
 
 @pytest.mark.slow

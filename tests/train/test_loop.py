@@ -34,7 +34,7 @@ class InMemoryClips:
     def iter_batches(self, batch_size, batch_format="numpy", drop_last=False, **_):
         n = len(self.rows["video"])
         for start in range(0, n - (batch_size - 1 if drop_last else 0), batch_size):
-            yield {k: v[start:start + batch_size] for k, v in self.rows.items()}
+            yield {k: v[start : start + batch_size] for k, v in self.rows.items()}
 
 
 class FolderCheckpoint:
@@ -54,20 +54,31 @@ def _train(cfg, tmp_path: Path, name: str, checkpoint=None, weights=None) -> lis
         shutil.copytree(folder, kept)
         reports.append((metrics, kept))
 
-    session = Session(rank=0, world=1, device=torch.device("cpu"), train=InMemoryClips(cfg), val=None,
-                      checkpoint=checkpoint, report=report, prepare_model=lambda m: m, weights=weights)
+    session = Session(
+        rank=0,
+        world=1,
+        device=torch.device("cpu"),
+        train=InMemoryClips(cfg),
+        val=None,
+        checkpoint=checkpoint,
+        report=report,
+        prepare_model=lambda m: m,
+        weights=weights,
+    )
     run_loop(cfg, session, steps_per_epoch=2)
     return reports
 
 
 def test_a_restored_trial_trains_with_its_own_config_not_the_checkpoints(ray_local, tmp_path):
     source = tiny_config(tmp_path, "train.epochs=1", "objectives.infonce.temperature=0.9", "train.lr=0.001")
-    (metrics, folder), = _train(source, tmp_path, "source", weights={"infonce": 1.0, "fused": 0.5})
+    ((metrics, folder),) = _train(source, tmp_path, "source", weights={"infonce": 1.0, "fused": 0.5})
     assert metrics["lambda/infonce"] == 1.0
 
     # PBT hands the checkpoint to a trial whose config says temperature 0.05, lr 0.01, other λ.
     trial = tiny_config(tmp_path, "train.epochs=2", "objectives.infonce.temperature=0.05", "train.lr=0.01")
-    reports = _train(trial, tmp_path, "trial", checkpoint=FolderCheckpoint(folder), weights={"infonce": 0.2, "fused": 0.7})
+    reports = _train(
+        trial, tmp_path, "trial", checkpoint=FolderCheckpoint(folder), weights={"infonce": 0.2, "fused": 0.7}
+    )
     assert [m["epoch"] for m, _ in reports] == [2]  # resumed: only the second epoch ran
     metrics, folder = reports[0]
     assert metrics["lambda/infonce"] == 0.2 and metrics["lambda/fused"] == 0.7
@@ -79,19 +90,29 @@ def test_a_restored_trial_trains_with_its_own_config_not_the_checkpoints(ray_loc
     assert "weight: 0.2" in (folder / "config.yaml").read_text()
 
 
-@pytest.mark.parametrize("labels, knn", [
-    (np.full(8, np.nan, np.float32), False),                      # an all-null column, as Ray Data hands it over
-    (np.array(["a", None, "b", None, "a", None, "b", None], dtype=object), True),  # half labelled, two classes
-])
+@pytest.mark.parametrize(
+    "labels, knn",
+    [
+        (np.full(8, np.nan, np.float32), False),  # an all-null column, as Ray Data hands it over
+        (np.array(["a", None, "b", None, "a", None, "b", None], dtype=object), True),  # half labelled, two classes
+    ],
+)
 def test_validation_scores_only_the_labelled_held_out_clips(tmp_path, labels, knn):
     cfg = tiny_config(tmp_path, "train.epochs=1")
     val = InMemoryClips(cfg, seed=1)
     val.rows["source"] = np.array([f"v{i}" for i in range(8)], dtype=object)
     val.rows["label"] = labels
     reports = []
-    session = Session(rank=0, world=1, device=torch.device("cpu"), train=InMemoryClips(cfg), val=val,
-                      checkpoint=None, report=lambda metrics, folder: reports.append(metrics),
-                      prepare_model=lambda m: m)
+    session = Session(
+        rank=0,
+        world=1,
+        device=torch.device("cpu"),
+        train=InMemoryClips(cfg),
+        val=val,
+        checkpoint=None,
+        report=lambda metrics, folder: reports.append(metrics),
+        prepare_model=lambda m: m,
+    )
     run_loop(cfg, session, steps_per_epoch=2)
     (metrics,) = reports
     assert math.isfinite(metrics["val/elo_fitness"])
@@ -128,5 +149,6 @@ def test_an_objective_that_needs_two_views_gets_two_different_ones(tmp_path):
     cfg = tiny_config(tmp_path, "train.epochs=1", "objectives.two_views.weight=1.0")
     TwoViews.seen.clear()
     _train(cfg, tmp_path, "views")
-    assert TwoViews.seen and all(count == 2 and shape[0] == cfg.train.batch_size and differ
-                                 for count, shape, differ in TwoViews.seen)
+    assert TwoViews.seen and all(
+        count == 2 and shape[0] == cfg.train.batch_size and differ for count, shape, differ in TwoViews.seen
+    )

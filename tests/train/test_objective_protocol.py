@@ -94,9 +94,16 @@ def train(folder: Path, resume_from: Path | None = None, stall_after: int | None
         held["core"] = module
         return module
 
-    session = Session(rank=0, world=1, device=torch.device("cpu"), train=InMemoryClips(cfg), val=None,
-                      checkpoint=FolderCheckpoint(resume_from) if resume_from else None, report=report,
-                      prepare_model=prepare)
+    session = Session(
+        rank=0,
+        world=1,
+        device=torch.device("cpu"),
+        train=InMemoryClips(cfg),
+        val=None,
+        checkpoint=FolderCheckpoint(resume_from) if resume_from else None,
+        report=report,
+        prepare_model=prepare,
+    )
     run_loop(cfg, session, steps_per_epoch=2)
     return held["core"].mixture.objectives["queue_probe"]
 
@@ -105,8 +112,15 @@ def test_a_registered_objectives_state_survives_a_kill_and_resume_exactly(tmp_pa
     killed = tmp_path / "killed"
     killed.mkdir()
     child = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from tests.train.test_objective_protocol "
-         "import train; train(Path(sys.argv[1]), stall_after=2)", str(killed)], cwd=ROOT)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from tests.train.test_objective_protocol "
+            "import train; train(Path(sys.argv[1]), stall_after=2)",
+            str(killed),
+        ],
+        cwd=ROOT,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (killed / "epoch-2").exists():
@@ -151,8 +165,9 @@ class LabelProbe(Objective):
 def test_a_supervised_objective_on_a_corpus_without_labels_is_refused_before_training(ray_local, tmp_path):
     for i in range(4):
         make_good_video(tmp_path / "flat" / f"v{i}.mp4", seconds=2.5, fps=12, size=48, sample_rate=16000, seed=i)
-    cfg = load_config(None, [*TINY, f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-                             "objectives.label_probe.weight=1.0"])
+    cfg = load_config(
+        None, [*TINY, f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "objectives.label_probe.weight=1.0"]
+    )
     with pytest.raises(ConfigError, match="objectives.label_probe is supervised and .* has no labels"):
         pretrain(cfg, str(tmp_path / "flat"), str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()  # refused before Ray Train or MLflow made anything

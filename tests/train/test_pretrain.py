@@ -23,6 +23,7 @@ from tests.tiny import FAULT_RUN, make_tiny_corpus, tiny_config
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return make_tiny_corpus(tmp_path_factory.mktemp("train-corpus"))
@@ -53,8 +54,10 @@ def test_pretrain_logs_to_mlflow_and_resumes(ray_local, corpus, tmp_path):
     resumed = pretrain(longer, corpus, str(tmp_path / "run"))
     assert resumed.tracker.run_id == result.tracker.run_id
     # The history opens with the restored checkpoint's report; only epoch 3 was trained.
-    assert [(h["epoch"], h["global_step"]) for h in resumed.history] == [(2, 2 * steps_per_epoch),
-                                                                         (3, 3 * steps_per_epoch)]
+    assert [(h["epoch"], h["global_step"]) for h in resumed.history] == [
+        (2, 2 * steps_per_epoch),
+        (3, 3 * steps_per_epoch),
+    ]
 
 
 def _train_workers() -> list[psutil.Process]:
@@ -66,10 +69,12 @@ def _train_workers() -> list[psutil.Process]:
     return found
 
 
-def test_a_killed_worker_resumes_from_checkpoint_with_the_same_step_count(uninterrupted_run, ray_local,
-                                                                          fault_corpus, tmp_path):
-    assert {"loss/infonce", "loss/fused", "loss/xdc", "loss/cluster_contrastive", "loss/dcca", "loss/sdl"} \
-        <= set(uninterrupted_run.metrics)
+def test_a_killed_worker_resumes_from_checkpoint_with_the_same_step_count(
+    uninterrupted_run, ray_local, fault_corpus, tmp_path
+):
+    assert {"loss/infonce", "loss/fused", "loss/xdc", "loss/cluster_contrastive", "loss/dcca", "loss/sdl"} <= set(
+        uninterrupted_run.metrics
+    )
     expected_steps = uninterrupted_run.history[-1]["global_step"]
 
     output = tmp_path / "faulty"
@@ -101,9 +106,20 @@ def test_a_killed_worker_resumes_from_checkpoint_with_the_same_step_count(uninte
 
 def test_pretrain_cli_bad_config_fails_before_work(tmp_path):
     out = subprocess.run(
-        [sys.executable, "workflows/pretrain.py", "--data", str(tmp_path), "--output", str(tmp_path / "o"),
-         "--set", "train.epochz=1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "workflows/pretrain.py",
+            "--data",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "o"),
+            "--set",
+            "train.epochz=1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: unknown config key train.epochz")

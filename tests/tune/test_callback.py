@@ -10,8 +10,15 @@ from avray.tune.callback import TrialRuns, recorded_results
 
 
 def _result(epoch: int, fitness: float) -> dict:
-    return {"epoch": epoch, "training_iteration": epoch, "global_step": 3 * epoch, "lambda/infonce": 0.5,
-            "val/elo_fitness": fitness, "config": {"lambda/infonce": 0.5}, "exploited_from": None}
+    return {
+        "epoch": epoch,
+        "training_iteration": epoch,
+        "global_step": 3 * epoch,
+        "lambda/infonce": 0.5,
+        "val/elo_fitness": fitness,
+        "config": {"lambda/infonce": 0.5},
+        "exploited_from": None,
+    }
 
 
 def test_every_result_is_recorded_in_arrival_order_also_by_a_restored_callback(tmp_path):

@@ -33,7 +33,9 @@ def test_explore_keeps_values_inside_their_bounds():
 
 def test_trial_config_applies_lr_and_temperature_and_returns_lambdas_for_the_mixture():
     base = load_config(None, [FUSED, "objectives.dcca.weight=0.3"])
-    cfg, weights = trial_config(base, {LAMBDA: {"infonce": 0.0, "fused": 0.4, "dcca": 0.9}, "lr": 0.01, "temperature": 0.2})
+    cfg, weights = trial_config(
+        base, {LAMBDA: {"infonce": 0.0, "fused": 0.4, "dcca": 0.9}, "lr": 0.01, "temperature": 0.2}
+    )
     assert weights == {"infonce": 0.0, "fused": 0.4, "dcca": 0.9}
     assert cfg.train.lr == 0.01 and cfg.objectives.infonce.temperature == 0.2
     # A λ of 0 must not drop the objective from the model a PBT checkpoint may be copied into.
@@ -44,8 +46,12 @@ def test_scheduler_and_search_algorithm_follow_the_config():
     assert isinstance(build_scheduler(load_config(None, [])), PopulationBasedTraining)
     assert isinstance(build_scheduler(load_config(None, ["tune.scheduler=pb2"])), PB2)
     assert isinstance(build_scheduler(load_config(None, ["tune.scheduler=asha"])), ASHAScheduler)
-    assert isinstance(build_search_alg(load_config(None, ["tune.scheduler=asha", "tune.search_alg=optuna"])), OptunaSearch)
-    assert isinstance(build_search_alg(load_config(None, ["tune.scheduler=fifo", "tune.search_alg=hyperopt"])), HyperOptSearch)
+    assert isinstance(
+        build_search_alg(load_config(None, ["tune.scheduler=asha", "tune.search_alg=optuna"])), OptunaSearch
+    )
+    assert isinstance(
+        build_search_alg(load_config(None, ["tune.scheduler=fifo", "tune.search_alg=hyperopt"])), HyperOptSearch
+    )
     assert fitness_metric(load_config(None, [])) == "val/elo_fitness"
     assert fitness_metric(load_config(None, ["tune.fitness=knn"])) == "val/knn_accuracy"
 

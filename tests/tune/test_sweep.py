@@ -20,8 +20,13 @@ from tests.tiny import make_tiny_corpus, tiny_config
 pytestmark = pytest.mark.slow
 
 # Three objectives, so the genome has three λ; two trials, the worse copying the better each epoch.
-PBT = ("train.epochs=3", "objectives.dcca.weight=0.5", "tune.num_samples=2", "tune.quantile_fraction=0.5",
-       "tune.cpus_per_trial=0.5")
+PBT = (
+    "train.epochs=3",
+    "objectives.dcca.weight=0.5",
+    "tune.num_samples=2",
+    "tune.quantile_fraction=0.5",
+    "tune.cpus_per_trial=0.5",
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +36,8 @@ def corpus(tmp_path_factory):
 
 def _children(client, parent_id: str):
     return client.search_runs(
-        [client.get_run(parent_id).info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+        [client.get_run(parent_id).info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"
+    )
 
 
 def test_pbt_sweep_exploits_and_logs_every_trial_with_its_lambda_history(ray_local, corpus, tmp_path):
@@ -44,8 +50,9 @@ def test_pbt_sweep_exploits_and_logs_every_trial_with_its_lambda_history(ray_loc
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     parent = client.get_run(result.parent_run_id)
     assert parent.data.tags["avray.job"] == "tune" and parent.info.status == "FINISHED"
-    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)} | \
-        {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)} | {
+        a.path for a in client.list_artifacts(parent.info.run_id, "plots")
+    }
     assert {"trials.csv", "best_mixture.yaml", "plots/lambda_trajectories.png", "plots/fitness.png"} <= artifacts
 
     children = _children(client, parent.info.run_id)
@@ -62,8 +69,13 @@ def test_pbt_sweep_exploits_and_logs_every_trial_with_its_lambda_history(ray_loc
     # The exploited trial's history names the trial it copied, and its logged λ change there.
     trial = exploited[0]
     run = by_trial[trial["trial"]]
-    record = json.loads(Path(mlflow.artifacts.download_artifacts(
-        run_id=run.info.run_id, artifact_path=HISTORY_FILE, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")).read_text())
+    record = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id, artifact_path=HISTORY_FILE, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"
+            )
+        ).read_text()
+    )
     event = record["events"][0]
     assert event["exploited_from"] in set(by_trial) - {trial["trial"]}
     assert event["before"] != event["after"]
@@ -85,8 +97,15 @@ def test_pbt_sweep_exploits_and_logs_every_trial_with_its_lambda_history(ray_loc
 
 
 def test_asha_sweep_with_optuna_runs_to_completion(ray_local, corpus, tmp_path):
-    cfg = tiny_config(tmp_path, "train.epochs=2", "tune.scheduler=asha", "tune.search_alg=optuna",
-                      "tune.num_samples=2", "tune.cpus_per_trial=0.5", "tune.fitness=knn")
+    cfg = tiny_config(
+        tmp_path,
+        "train.epochs=2",
+        "tune.scheduler=asha",
+        "tune.search_alg=optuna",
+        "tune.num_samples=2",
+        "tune.cpus_per_trial=0.5",
+        "tune.fitness=knn",
+    )
     result = tune_losses(cfg, corpus, str(tmp_path / "asha"))
     assert result.metric == "val/knn_accuracy"
     assert len(result.trials) == 2 and all(t["status"] == "ok" for t in result.trials)
@@ -121,8 +140,9 @@ def test_a_killed_trial_is_retried_from_its_checkpoint(ray_local, corpus, tmp_pa
 
     killer = threading.Thread(target=kill_after_a_registered_checkpoint, daemon=True)
     killer.start()
-    cfg = tiny_config(tmp_path, f"train.epochs={epochs_to_train}", "tune.scheduler=fifo", "tune.num_samples=1",
-                      "train.max_failures=2")
+    cfg = tiny_config(
+        tmp_path, f"train.epochs={epochs_to_train}", "tune.scheduler=fifo", "tune.num_samples=1", "train.max_failures=2"
+    )
     result = tune_losses(cfg, corpus, str(output))
     killer.join()
     assert killed, "no trial process was killed: the fault was never injected"
@@ -141,8 +161,12 @@ def test_a_trial_that_would_fail_the_same_way_again_ends_at_once(ray_local, corp
     from avray.train.faults import TrainingError
     from tests.train.test_faults import FAILS_IN_THE_WORKER
 
-    cfg = tiny_config(tmp_path, *FAILS_IN_THE_WORKER, "tune.num_samples=2", "tune.cpus_per_trial=0.5",
-                      "train.max_failures=3")
-    with pytest.raises(TrainingError, match=r"^every trial of the sweep failed; the first: training failed on trial "
-                                            r"\w+ with \w+: model.n_fft .*; not retried"):
+    cfg = tiny_config(
+        tmp_path, *FAILS_IN_THE_WORKER, "tune.num_samples=2", "tune.cpus_per_trial=0.5", "train.max_failures=3"
+    )
+    with pytest.raises(
+        TrainingError,
+        match=r"^every trial of the sweep failed; the first: training failed on trial "
+        r"\w+ with \w+: model.n_fft .*; not retried",
+    ):
         tune_losses(cfg, corpus, str(tmp_path / "sweep"))

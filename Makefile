@@ -18,6 +18,8 @@ demo: $(STAMP)
 	$(BIN)/python workflows/demo.py --output $(DEMO)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 clean:

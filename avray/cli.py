@@ -7,8 +7,10 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
+from avray import console
 from avray.config import Config, ConfigError, load_config
 from avray.data.sources import SourceError
 from avray.preflight import PreflightError
@@ -20,6 +22,8 @@ EXIT_FAILED = 1
 # What the user must fix (a config value, a data path, a server that does not answer): one
 # line and EXIT_USAGE. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (ConfigError, SourceError, PreflightError)
+# The workflow run() is running: what init_ray starts (the console capture, Ray) ends with it.
+_session: ExitStack | None = None
 
 
 def parser(description: str, *, data: bool = True, output: bool = True) -> argparse.ArgumentParser:
@@ -44,6 +48,11 @@ def parser(description: str, *, data: bool = True, output: bool = True) -> argpa
         default=os.environ.get("RAY_ADDRESS"),
         help="Ray cluster to join (default: $RAY_ADDRESS, else a local cluster sized to this machine)",
     )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print Ray's, Ray Train's and MLflow's logs here too, not only in the run's log file",
+    )
     return p
 
 
@@ -51,19 +60,36 @@ def load(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
 
 
-def init_ray(address: str | None = None, **kwargs) -> None:
-    """Join ``address`` (``ray job submit`` sets RAY_ADDRESS) or start a local cluster."""
+def init_ray(address: str | None = None, *, output: str | None = None, verbose: bool = False, **kwargs) -> None:
+    """Join ``address`` (``ray job submit`` sets RAY_ADDRESS) or start a local cluster.
+
+    Under :func:`run`, unless ``verbose``, the output of Ray and everything after it goes to a
+    log file (in ``output``'s ``_logs/`` when local) and only avray's lines and bars are
+    shown (:mod:`avray.console`); Ray shuts down when the workflow ends.
+    """
     import ray
 
     if ray.is_initialized():
         return
+    if _session is not None and not verbose and not console.captured():
+        log = console.log_path_for(output, Path(sys.argv[0]).stem or "avray")
+        _session.enter_context(console.capture(log))
+        console.say(f"[avray] Ray's and MLflow's own logs go to {log} (--verbose shows them here)")
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     # "local" starts a fresh cluster sized to this machine instead of joining one found on disk.
     # With the dashboard: it serves Ray's State API, which Ray Train's placement-group cleaner
     # polls every second; without it, each training run logged a warning a second.
     ray.init(address=address or "local", include_dashboard=True, **kwargs)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = sys.stderr.isatty()
+    if _session is not None:
+        _session.callback(ray.shutdown)  # before the capture ends: shutting down logs too
+    # avray draws its own bars (avray.console); Ray Data's would land in the log file.
+    ray.data.DataContext.get_current().enable_progress_bars = verbose and sys.stderr.isatty()
+
+
+def start_ray(args: argparse.Namespace, **kwargs) -> None:
+    """:func:`init_ray` for a workflow's parsed :func:`parser` flags."""
+    output = getattr(args, "output", None) or getattr(args, "workdir", None)
+    init_ray(args.ray_address, output=output, verbose=args.verbose, **kwargs)
 
 
 def finish_benchmark(figures: dict, json_path: str | None) -> int:
@@ -81,12 +107,16 @@ def finish_benchmark(figures: dict, json_path: str | None) -> int:
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
     """Run a workflow's ``main``; a user error (:data:`USER_ERRORS`) is one line and exit code 2,
     training stopped by an error that a retry would repeat (:class:`TrainingError`) one line and 1."""
+    global _session
     try:
-        code = main(argv)
+        with ExitStack() as _session:
+            code = main(argv)
     except USER_ERRORS as err:
         print(f"error: {redact(str(err))}", file=sys.stderr)
         code = EXIT_USAGE
     except TrainingError as err:
         print(f"error: {redact(str(err))}", file=sys.stderr)
         code = EXIT_FAILED
+    finally:
+        _session = None
     sys.exit(code)

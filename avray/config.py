@@ -560,6 +560,15 @@ class TrackingConfig:
     tracking_uri: str | None = None
     experiment: str = "avray"
     run_name: str | None = None
+    # Register each pretraining run's model (avray.mlflow_model) under this name in MLflow's
+    # Model Registry; evaluate.py and embed.py then take --checkpoint models:/NAME/VERSION.
+    register_model: str | None = None
+    # CPU, memory, disk and network (and GPU, with nvidia-ml-py) of each training worker, every
+    # this many seconds, as MLflow's system/ metrics; 0 turns them off.
+    system_metrics_interval_s: float = 10.0
+
+    def validate(self) -> None:
+        _check(self.system_metrics_interval_s >= 0, "tracking.system_metrics_interval_s must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from avray import console
 from avray.cluster import inference_pool
 from avray.config import Config, config_from_dict
 from avray.data.labels import label_column
@@ -60,7 +61,11 @@ def feature_shapes(cfg: Config) -> dict[str, list[int]]:
 
 
 def extract_features(
-    data: str | DataSource, output: str, cfg: Config, progress: Callable[[str], None] = print, actors: int | None = None
+    data: str | DataSource,
+    output: str,
+    cfg: Config,
+    progress: Callable[[str], None] = console.say,
+    actors: int | None = None,
 ) -> SkipReport:
     """Write the frozen encoders' features of every clip of ``data`` as feature shards in ``output``."""
     start = time.perf_counter()

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
+import math
 import os
 import re
 import sys
@@ -245,3 +247,45 @@ def start_job_run(cfg: Config, output: str, job: str = "pretrain") -> Tracker:
         tracker.log_params(cfg.flat())
         tracker.log_text(cfg.to_yaml(), "config.yaml")
     return tracker
+
+
+@contextlib.contextmanager
+def system_metrics(uri: str, run_id: str, interval_s: float, node: str) -> Iterator[None]:
+    """MLflow's system metrics (CPU, memory, disk, network; GPU where nvidia-ml-py finds one)
+    of this process's machine, every ``interval_s``, as ``system/`` metrics of the run, tagged
+    with ``node`` (a training worker's rank); a monitor that fails to start costs nothing."""
+    if interval_s <= 0:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=interval_s, resume_logging=True, node_id=node, tracking_uri=with_login(uri)
+    )
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
+class MetricsFile:
+    """Each epoch's metrics as a JSON line in ``metrics.jsonl`` of a run's output (local or
+    ``s3://``), for reading runs without MLflow. Rewritten whole after each epoch (object stores
+    do not append); a resumed run keeps the lines of the epochs before ``first_epoch``."""
+
+    def __init__(self, uri: str, first_epoch: int):
+        from avray.storage import filesystem_for
+
+        self.fs, self.path = filesystem_for(uri)
+        self.lines: list[str] = []
+        if first_epoch > 0 and self.fs.get_file_info(self.path).type.name == "File":
+            with self.fs.open_input_stream(self.path) as handle:
+                old = handle.read().decode().splitlines()
+            self.lines = [line for line in old if line and json.loads(line).get("epoch", 0) <= first_epoch]
+
+    def append(self, metrics: Mapping[str, Any]) -> None:
+        values = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        self.lines.append(json.dumps(values, sort_keys=True))
+        with self.fs.open_output_stream(self.path) as handle:
+            handle.write(("\n".join(self.lines) + "\n").encode())

@@ -126,9 +126,10 @@ def seaweedfs(
             try:
                 server.client().list_buckets()
                 break
-            except Exception:
+            except Exception as err:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"weed mini not up after 60 s: {(workdir / 'weed.log').read_text()[-2000:]}")
+                    log = (workdir / "weed.log").read_text()[-2000:]
+                    raise RuntimeError(f"weed mini not up after 60 s: {log}") from err
                 time.sleep(0.3)
         yield server
     finally:

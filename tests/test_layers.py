@@ -13,7 +13,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "avray"
 LAYERS = [
     ("avray.config",),
-    ("avray.storage", "avray.cluster", "avray.checkpoint", "avray.tracking", "avray.metrics"),
+    ("avray.storage", "avray.cluster", "avray.checkpoint", "avray.tracking", "avray.metrics", "avray.console"),
     ("avray.data",),
     ("avray.models",),
     ("avray.objectives",),
@@ -46,7 +46,10 @@ def _imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
+            if node.module == "avray":  # from avray import console
+                names.update(f"avray.{alias.name}" for alias in node.names)
+            else:
+                names.add(node.module)
     return {name for name in names if name == "avray" or name.startswith("avray.")}
 
 

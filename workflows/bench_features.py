@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from avray import cli
+from avray import cli, console
 from avray.config import load_config
 from avray.demo.corpus import prepared_demo_clips
 from avray.extract import extract_features
@@ -85,10 +85,10 @@ def main(argv=None) -> int:
         "ratio": {"pixels_vs_features": a / b},
         "extraction_seconds": extraction,
     }
-    print(f"{args.videos} videos, global batch {cfg.train.batch_size}, {args.epochs} epochs, {cores} cores")
-    print(f"(a) epoch from pixels (encoders + fusion train) : {a:8.2f} s")
-    print(f"(b) epoch from frozen features (fusion trains)  : {b:8.2f} s")
-    print(f"ratio a/b = {a / b:.1f}   (one-off feature extraction: {extraction:.1f} s)")
+    console.say(f"{args.videos} videos, global batch {cfg.train.batch_size}, {args.epochs} epochs, {cores} cores")
+    console.say(f"(a) epoch from pixels (encoders + fusion train) : {a:8.2f} s")
+    console.say(f"(b) epoch from frozen features (fusion trains)  : {b:8.2f} s")
+    console.say(f"ratio a/b = {a / b:.1f}   (one-off feature extraction: {extraction:.1f} s)")
     return cli.finish_benchmark(figures, args.json_path)
 
 

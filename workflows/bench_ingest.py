@@ -38,7 +38,7 @@ import ray
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from avray import cli
+from avray import cli, console
 from avray.config import DataConfig
 from avray.data.decode import decode_clip, decode_clips_of_video
 from avray.data.index import build_clip_index
@@ -110,7 +110,7 @@ def bench_avray(index, cfg: DataConfig, memory: bool) -> tuple[float, ResourceMo
 
 def corpus(root: Path, videos: int, seed: int) -> str:
     if not (root / "done").exists():
-        print(f"generating {videos} demo videos in {root} ...", flush=True)
+        console.say(f"generating {videos} demo videos in {root} ...")
         make_demo_corpus(root, videos=videos, seed=seed)
         (root / "done").touch()
     return str(root)
@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     data = corpus(workdir / f"corpus-{args.videos}", args.videos, args.seed)
     index = build_clip_index(data, cfg)
     clips = list(zip(index.clips.column("source").to_pylist(), index.clips.column("start").to_pylist()))
-    print(f"{len(clips)} clips from {index.num_videos} videos; {cores} cores; {args.rounds} round(s)")
+    console.say(f"{len(clips)} clips from {index.num_videos} videos; {cores} cores; {args.rounds} round(s)")
 
     bench_pyav(clips[: 4 * BATCH], cfg)  # warm the page cache so no method pays a first-run cost
     # Rounds, each way in turn: on a shared machine the speed drifts by tens of percent within
@@ -176,12 +176,11 @@ def main(argv=None) -> int:
             }
         )
         # Where the cores went: (c) against (d) is decoding against Ray's own processes and idle cores.
-        print(
+        console.say(
             f"round {number}: (a) {rates['pyav']:.1f}  (b) {rates['dataloader']:.1f}  (c) {rates['avray']:.1f}  "
             f"(d) {rates['dataloader_per_video']:.1f} clips/s; cores idle (c) {use['avray'].idle_fraction:.0%}, "
             f"(d) {use['dataloader_per_video'].idle_fraction:.0%}; (c)'s CPU seconds: "
             + ", ".join(f"{kind} {seconds:.1f}" for kind, seconds in sorted(use["avray"].cpu_seconds.items())),
-            flush=True,
         )
     median = {way: statistics.median(r["clips_per_s"][way] for r in rounds) for way in rounds[0]["clips_per_s"]}
     sampled_rate, sampled = bench_avray(index, cfg, memory=True)
@@ -198,18 +197,17 @@ def main(argv=None) -> int:
         "avray_clips_per_s_while_sampling_memory": sampled_rate,
         "rounds": rounds,
     }
-    print(f"median of {args.rounds} round(s):")
-    print(f"(a) single-process PyAV : {median['pyav']:8.1f} clips/s")
-    print(f"(b) DataLoader x{cores}       : {median['dataloader']:8.1f} clips/s")
-    print(f"(c) avray Ray Data      : {median['avray']:8.1f} clips/s")
-    print(
-        f"(d) DataLoader x{cores}, a video's clips in one pass: {median['dataloader_per_video']:8.1f} clips/s (reference)"
+    console.say(f"median of {args.rounds} round(s):")
+    console.say(f"(a) single-process PyAV : {median['pyav']:8.1f} clips/s")
+    console.say(f"(b) DataLoader x{cores}       : {median['dataloader']:8.1f} clips/s")
+    console.say(f"(c) avray Ray Data      : {median['avray']:8.1f} clips/s")
+    reference = median["dataloader_per_video"]
+    console.say(f"(d) DataLoader x{cores}, a video's clips in one pass: {reference:8.1f} clips/s (reference)")
+    console.say(
+        f"ratio c/a = {figures['ratio']['avray_vs_pyav']:.2f}   "
+        f"ratio c/b = {figures['ratio']['avray_vs_dataloader']:.2f}   (c/d = {median['avray'] / reference:.2f})"
     )
-    print(
-        f"ratio c/a = {figures['ratio']['avray_vs_pyav']:.2f}   ratio c/b = {figures['ratio']['avray_vs_dataloader']:.2f}"
-        f"   (c/d = {median['avray'] / median['dataloader_per_video']:.2f})"
-    )
-    print(
+    console.say(
         f"pipeline peak memory (PSS, driver + Ray): {peak_mb:.0f} MB, in a pass of its own ({sampled_rate:.1f} clips/s "
         f"while sampling)"
     )
@@ -220,7 +218,7 @@ def main(argv=None) -> int:
         big_rate, big_use = bench_avray(big_index, cfg, memory=True)
         big_peak = big_use.peak_mb
         figures["memory_ratio_10x" if args.scale == 10 else f"memory_ratio_{args.scale}x"] = big_peak / peak_mb
-        print(
+        console.say(
             f"x{args.scale}: {big_index.clips.num_rows} clips, {big_rate:.1f} clips/s while sampling memory, "
             f"peak {big_peak:.0f} MB, memory ratio {big_peak / peak_mb:.2f}"
         )

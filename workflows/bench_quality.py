@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from avray import cli, preflight
+from avray import cli, console, preflight
 from avray.demo.quality import headline_table, quality_run
 
 
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     for fresh in ("pretrain", "eval"):
         shutil.rmtree(workdir / fresh, ignore_errors=True)
     started = time.perf_counter()
-    cli.init_ray(args.ray_address)
+    cli.start_ray(args)
     result = quality_run(
         cfg,
         workdir,
@@ -45,12 +45,12 @@ def main(argv=None) -> int:
         videos=args.videos,
         test_videos=args.test_videos,
         seed=args.seed,
-        say=lambda msg: print(msg, flush=True),
+        say=console.say,
     )
     total = time.perf_counter() - started
-    print(headline_table(result.metrics))
+    console.say(headline_table(result.metrics))
     steps = ", ".join(f"{step} {seconds:.0f} s" for step, seconds in result.seconds.items())
-    print(f"wall time: {steps}; total {total:.0f} s")
+    console.say(f"wall time: {steps}; total {total:.0f} s")
     if args.json:
         Path(args.json).write_text(
             json.dumps(

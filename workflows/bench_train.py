@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avray import cli
+from avray import cli, console
 from avray.config import load_config, with_overrides
 from avray.data.pipeline import load_clips
 from avray.demo.corpus import prepared_demo_clips
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     prepared = prepared_demo_clips(workdir, args.videos, cfg.data)
     rows = load_clips(str(prepared), cfg.data).dataset.take_all()
     clips = {k: np.stack([r[k] for r in rows]) for k in ("video", "audio")}
-    print(f"{len(rows)} clips, global batch {cfg.train.batch_size}, {args.epochs} epochs, {cores} cores")
+    console.say(f"{len(rows)} clips, global batch {cfg.train.batch_size}, {args.epochs} epochs, {cores} cores")
 
     plain = plain_loop(cfg, clips, args.epochs)
     cached = ray_train_rate(cfg, prepared, workdir / "ray-train-cached")
@@ -107,10 +107,10 @@ def main(argv=None) -> int:
         "clips_per_s": {"ray_train": cached, "plain": plain, "ray_train_streaming": streaming},
         "ratio": {"ray_train_vs_plain": cached / plain, "ray_train_streaming_vs_plain": streaming / plain},
     }
-    print(f"(a) plain PyTorch loop, in-memory clips                : {plain:8.1f} clips/s")
-    print(f"(b) Ray Train + Ray Data, clips cached (default)        : {cached:8.1f} clips/s")
-    print(f"(c) Ray Train + Ray Data, parquet streamed every epoch : {streaming:8.1f} clips/s")
-    print(f"ratio b/a = {cached / plain:.2f}   c/a = {streaming / plain:.2f}")
+    console.say(f"(a) plain PyTorch loop, in-memory clips                : {plain:8.1f} clips/s")
+    console.say(f"(b) Ray Train + Ray Data, clips cached (default)        : {cached:8.1f} clips/s")
+    console.say(f"(c) Ray Train + Ray Data, parquet streamed every epoch : {streaming:8.1f} clips/s")
+    console.say(f"ratio b/a = {cached / plain:.2f}   c/a = {streaming / plain:.2f}")
     return cli.finish_benchmark(figures, args.json_path)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from avray import cli, preflight
+from avray import cli, console, preflight
 from avray.demo.quality import CORPORA, headline_table, quality_run
 from avray.eval.evaluate import format_table
 from avray.tracking import ui_command
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     cfg = cli.load(args)
     preflight.check_job(cfg, output=args.output, track=True)
     started = time.perf_counter()
-    cli.init_ray(args.ray_address)
+    cli.start_ray(args)
     result = quality_run(
         cfg,
         Path(args.output),
@@ -52,14 +52,14 @@ def main(argv=None) -> int:
         videos=args.videos,
         test_videos=args.test_videos,
         seed=args.seed,
-        say=lambda msg: print(msg, flush=True),
+        say=console.say,
     )
-    print(format_table(result.metrics))
-    print(headline_table(result.metrics))
+    console.say(format_table(result.metrics))
+    console.say(headline_table(result.metrics))
     elapsed = time.perf_counter() - started
-    print(f"[avray] demo done in {elapsed:.0f} s; metrics and plots in {Path(args.output) / 'eval'}")
+    console.say(f"[avray] demo done in {elapsed:.0f} s; metrics and plots in {Path(args.output) / 'eval'}")
     if result.pretrain.tracker is not None:
-        print(f"[avray] MLflow: {ui_command(result.pretrain.tracker.uri)}")
+        console.say(f"[avray] MLflow: {ui_command(result.pretrain.tracker.uri)}")
     return 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from avray import cli, preflight
+from avray import cli, console, preflight
 from avray.config import ConfigError
 from avray.data.pipeline import load_clips
 from avray.data.shards import check_inputs
@@ -34,17 +34,18 @@ def main(argv=None) -> int:
     folder, cfg = evaluation_config(args.checkpoint, args.overrides)
     source = preflight.check_job(cfg, data=args.data, output=args.output)
     check_inputs(cfg, source)
-    cli.init_ray(args.ray_address)
+    cli.start_ray(args)
     start = time.perf_counter()
     clips = load_clips(source, cfg.data)
-    write_embeddings(
-        embed_dataset(clips.dataset, ModelSpec.trained(folder), batch_size=args.batch_size),
-        args.output,
-        cfg.data.endpoint_override,
-    )
+    with console.bar("embed", "embedding", total=clips.expected):
+        write_embeddings(
+            embed_dataset(clips.dataset, ModelSpec.trained(folder), batch_size=args.batch_size),
+            args.output,
+            cfg.data.endpoint_override,
+        )
     rows = count_embeddings(args.output, cfg.data.endpoint_override)
-    print(f"[avray] wrote embeddings of {rows} clips to {args.output} in {time.perf_counter() - start:.1f} s")
-    print("[avray] " + clips.report().summary().replace("\n", "\n[avray] "))
+    console.say(f"[avray] wrote embeddings of {rows} clips to {args.output} in {time.perf_counter() - start:.1f} s")
+    console.say("[avray] " + clips.report().summary().replace("\n", "\n[avray] "))
     return 0
 
 

@@ -11,7 +11,7 @@ pretraining run in MLflow (``eval/...``) and prints a table: trained vs random b
 
 from __future__ import annotations
 
-from avray import cli, preflight
+from avray import cli, console, preflight
 from avray.config import ConfigError
 from avray.eval.embed import evaluation_config
 from avray.eval.evaluate import evaluate, format_table
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
         raise ConfigError("evaluate uses the checkpoint's config: change it with --set, not --config")
     _, cfg = evaluation_config(args.checkpoint, args.overrides)  # a bad checkpoint or override fails here
     source = preflight.check_job(cfg, data=args.data, output=args.output, track=not args.no_track)
-    cli.init_ray(args.ray_address)
+    cli.start_ray(args)
     result = evaluate(
         args.checkpoint,
         source,
@@ -37,10 +37,10 @@ def main(argv=None) -> int:
         track=not args.no_track,
         batch_size=args.batch_size,
     )
-    print(format_table(result.metrics))
-    print(f"[avray] metrics, embeddings and plots in {result.output}")
+    console.say(format_table(result.metrics))
+    console.say(f"[avray] metrics, embeddings and plots in {result.output}")
     if result.run_id is not None:
-        print(f"[avray] MLflow run {result.run_id}: {ui_command(result.tracking_uri)}")
+        console.say(f"[avray] MLflow run {result.run_id}: {ui_command(result.tracking_uri)}")
     return 0
 
 

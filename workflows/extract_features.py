@@ -12,7 +12,7 @@ actor when the cluster has GPUs). SRC is any corpus or prepared clips.
 
 from __future__ import annotations
 
-from avray import cli, preflight
+from avray import cli, console, preflight
 from avray.extract import extract_features
 
 
@@ -20,8 +20,8 @@ def main(argv=None) -> int:
     args = cli.parser(__doc__).parse_args(argv)
     cfg = cli.load(args)
     source = preflight.check_job(cfg, data=args.data, output=args.output)
-    cli.init_ray(args.ray_address)
-    extract_features(source, args.output, cfg, progress=lambda msg: print(f"[avray] {msg}", flush=True))
+    cli.start_ray(args)
+    extract_features(source, args.output, cfg, progress=lambda msg: console.say(f"[avray] {msg}"))
     return 0
 
 

@@ -12,7 +12,7 @@ Re-running the same command resumes from the last checkpoint.
 
 from __future__ import annotations
 
-from avray import cli, preflight
+from avray import cli, console, preflight
 from avray.tracking import ui_command
 from avray.train.trainer import pretrain
 
@@ -21,14 +21,14 @@ def main(argv=None) -> int:
     args = cli.parser(__doc__).parse_args(argv)
     cfg = cli.load(args)
     source = preflight.check_job(cfg, data=args.data, output=args.output, track=True)
-    cli.init_ray(args.ray_address)
+    cli.start_ray(args)
     result = pretrain(cfg, source, args.output)
     final = {k: v for k, v in result.metrics.items() if k.startswith(("loss", "val/", "clips_per_s"))}
-    print("[avray] done: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(final.items()) if isinstance(v, float)))
-    print(f"[avray] checkpoint: {result.checkpoint}")
-    print("[avray] " + result.skipped.summary().replace("\n", "\n[avray] "))
+    console.say("[avray] done: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(final.items()) if isinstance(v, float)))
+    console.say(f"[avray] checkpoint: {result.checkpoint}")
+    console.say("[avray] " + result.skipped.summary().replace("\n", "\n[avray] "))
     if result.tracker is not None:
-        print(f"[avray] MLflow run {result.tracker.run_id}: {ui_command(result.tracker.uri)}")
+        console.say(f"[avray] MLflow run {result.tracker.run_id}: {ui_command(result.tracker.uri)}")
     return 0
 
 

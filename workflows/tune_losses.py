@@ -17,7 +17,7 @@ MLflow run with a child run per trial.
 
 from __future__ import annotations
 
-from avray import cli, preflight
+from avray import cli, console, preflight
 from avray.tracking import ui_command
 from avray.tune import format_table, tune_losses
 
@@ -26,22 +26,22 @@ def main(argv=None) -> int:
     args = cli.parser(__doc__).parse_args(argv)
     cfg = cli.load(args)
     source = preflight.check_job(cfg, data=args.data, output=args.output, track=True)
-    cli.init_ray(args.ray_address)
+    cli.start_ray(args)
     result = tune_losses(cfg, source, args.output)
-    print("[avray] trials, best first:\n" + format_table(result))
+    console.say("[avray] trials, best first:\n" + format_table(result))
     best = result.best
-    print(
+    console.say(
         f"[avray] best mixture: trial {best['trial']}, {result.metric} {best['final_fitness']:.4f}; "
         f"checkpoint {best['checkpoint']}"
     )
-    print(
+    console.say(
         f"[avray] pretrain with it: python workflows/pretrain.py --config {result.best_config_path} "
         f"--data {args.data} --output ..."
     )
-    print(
+    console.say(
         f"[avray] evaluate it: python workflows/evaluate.py --checkpoint {best['checkpoint']} --data ... --output ..."
     )
-    print(f"[avray] MLflow sweep run {result.parent_run_id}: {ui_command(result.tracking_uri)}")
+    console.say(f"[avray] MLflow sweep run {result.parent_run_id}: {ui_command(result.tracking_uri)}")
     return 0
 
 

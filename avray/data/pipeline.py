@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import ray
 
+from avray import console
 from avray.cluster import on_driver_node
 from avray.config import DataConfig
 from avray.data.index import ClipIndex, build_clip_index, decode_parallelism, held_out_sources
@@ -98,13 +99,14 @@ def load_clips(source: str | DataSource, cfg: DataConfig, epoch: int = 0) -> Cli
     return decode_dataset(build_clip_index(source.uri, cfg), cfg, epoch)
 
 
-def prepare(uri: str, output: str, cfg: DataConfig, progress: Callable[[str], None] = print) -> SkipReport:
+def prepare(uri: str, output: str, cfg: DataConfig, progress: Callable[[str], None] = console.say) -> SkipReport:
     """Index ``uri``, decode every clip (in a seeded random order, so that shards mix videos
     and classes) and write them as prepared shards to ``output``; report progress and skips."""
     start = time.perf_counter()
     index = build_clip_index(uri, cfg)
     progress(f"indexed {index.num_videos} videos -> {index.clips.num_rows} clips in {time.perf_counter() - start:.1f} s")
-    report = write_prepared(decode_dataset(index.shuffled(cfg.seed), cfg), output, cfg)
+    with console.bar("decode", "decoding", total=index.clips.num_rows):
+        report = write_prepared(decode_dataset(index.shuffled(cfg.seed), cfg), output, cfg)
     written, seconds = count_prepared(output, cfg), time.perf_counter() - start
     progress(f"wrote {written} clips to {output} in {seconds:.1f} s ({written / seconds:.1f} clips/s)")
     progress(report.summary())

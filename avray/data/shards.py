@@ -102,6 +102,11 @@ class Clips:
     index: ClipIndex | None = None
     skip_log: ray.actor.ActorHandle | None = None
 
+    @property
+    def expected(self) -> int | None:
+        """Clips to be decoded (some may be skipped), when decoding from videos."""
+        return self.index.clips.num_rows if self.index is not None else None
+
     def report(self) -> SkipReport:
         """Skips so far: those found while indexing plus those found while decoding.
 
@@ -141,17 +146,21 @@ def count_prepared(uri: str, cfg: DataConfig) -> int:
     return pads.dataset(path, filesystem=fs, format="parquet").count_rows()
 
 
+def remove_shards(fs: pafs.FileSystem, path: str, also: tuple[str, ...] = ()) -> None:
+    """Create the folder ``path``, or delete the parquet files (and ``also``) an earlier run
+    wrote there, and nothing else (the run's own log is there): old shards beside new ones
+    would duplicate every row."""
+    fs.create_dir(path, recursive=True)
+    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+        if info.type == pafs.FileType.File and (info.base_name.endswith(".parquet") or info.base_name in also):
+            fs.delete_file(info.path)
+
+
 def write_prepared(clips: Clips, uri: str, cfg: DataConfig, extra: dict | None = None) -> SkipReport:
     """Materialise ``clips`` as parquet shards under ``uri`` (local or s3://), plus the marker
     (``extra`` adds keys to it, e.g. that the rows are features)."""
     fs, path = filesystem_for(uri, cfg.endpoint_override)
-    fs.create_dir(path, recursive=True)
-    # A re-run (or other encoders) replaces what an earlier one wrote here, and nothing else:
-    # old shards beside new ones would duplicate every clip.
-    old = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    for info in old:
-        if info.type == pafs.FileType.File and (info.base_name.endswith(".parquet") or info.base_name == PREPARED_MARKER):
-            fs.delete_file(info.path)
+    remove_shards(fs, path, also=(PREPARED_MARKER,))
     clips.dataset.write_parquet(path, filesystem=fs)
     report = clips.report()
     meta = {

@@ -13,6 +13,7 @@ from typing import Iterator
 import numpy as np
 import ray
 
+from avray import console
 from avray.config import DataConfig
 from avray.data.decode import decode_clips_of_video, probe
 from avray.data.labels import label_column, label_or_none
@@ -145,3 +146,4 @@ def decode_clip_stream(batch: dict[str, np.ndarray], cfg: DataConfig, skip_log=N
                        epoch_clock=None) -> Iterator[dict[str, np.ndarray]]:
     for start, length in video_batches([str(s) for s in batch["source"]], cfg.decode_batch_size):
         yield decode_clips({k: v[start:start + length] for k, v in batch.items()}, cfg, skip_log, epoch_clock)
+        console.tick("decode", advance=length)

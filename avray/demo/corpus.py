@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avray import console
 from avray.demo.media import write_media
 
 CLASSES = tuple(str(d) for d in range(10))
@@ -150,6 +151,7 @@ def write_corpus(
 
     def done(row: dict) -> None:
         rows.append(row)
+        console.tick("corpus", done=len(rows))
         if progress is not None and (len(rows) % step == 0 or len(rows) == videos):
             elapsed = time.perf_counter() - start
             progress(f"{len(rows)}/{videos} videos ({elapsed:.1f} s, {len(rows) / max(elapsed, 1e-9):.1f} videos/s)")
@@ -421,7 +423,7 @@ def prepared_demo_clips(workdir: Path, videos: int, cfg, seed: int = 0) -> Path:
 
     corpus, prepared = workdir / "corpus", workdir / "prepared"
     if not (corpus / ".complete").exists():
-        print(f"generating {videos} demo videos ...", flush=True)
+        console.say(f"generating {videos} demo videos ...")
         make_demo_corpus(corpus, videos=videos, seed=seed)
         (corpus / ".complete").touch()
     if not (prepared / PREPARED_MARKER).exists():

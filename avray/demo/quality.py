@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from avray import console
 from avray.config import Config
 from avray.data.pipeline import prepare
 from avray.data.shards import count_prepared, resolve_source
@@ -45,7 +46,11 @@ def build_corpus(folder: Path, kind: str, videos: int, seed: int, say: Callable[
         say(f"  reusing {folder}")
         return
     start = time.perf_counter()
-    CORPORA[kind](folder, videos=videos, seed=seed, progress=lambda msg: say("  " + msg))
+    with console.bar("corpus", f"  {folder.name}", total=videos, unit="video"):
+        # Lines only where no bar is drawn (--verbose, tests).
+        CORPORA[kind](
+            folder, videos=videos, seed=seed, progress=None if console.captured() else lambda msg: say("  " + msg)
+        )
     (folder / COMPLETE).touch()
     say(f"  {videos} videos in {time.perf_counter() - start:.1f} s")
 

@@ -20,12 +20,15 @@ import pyarrow.dataset as pads
 import ray
 import torch
 
-from avray.checkpoint import CONFIG_FILE, find_checkpoint
+from avray import console
+from avray.checkpoint import CONFIG_FILE
 from avray.cluster import inference_pool
 from avray.config import Config, config_from_dict, load_config
 from avray.data.labels import label_column
+from avray.data.shards import remove_shards
 from avray.data.sources import SourceError
 from avray.models import load_model
+from avray.models.loading import find_model_checkpoint
 from avray.storage import filesystem_for
 
 # The embeddings evaluated and exported: the projection heads (the space where the
@@ -42,7 +45,7 @@ def evaluation_config(checkpoint: str | Path, overrides: Sequence[str] = ()) -> 
     ``key=value`` overrides and uniform clip sampling (fixed windows: evaluating twice gives
     the same clips and the same numbers)."""
     try:
-        folder = find_checkpoint(checkpoint).resolve()
+        folder = find_model_checkpoint(checkpoint).resolve()
     except FileNotFoundError as err:
         raise SourceError(str(err)) from None
     cfg = load_config(folder / CONFIG_FILE, overrides)
@@ -106,6 +109,7 @@ class EmbedClips:
                 outputs = model(video, audio)
                 for name in MODALITIES:
                     columns[prefix + name] = _embedding_column(outputs[name].float().cpu().numpy())
+        console.tick("embed", advance=len(batch["clip_id"]))
         return pa.table(columns)
 
 
@@ -138,9 +142,10 @@ def embed_dataset(
 
 def write_embeddings(embeddings: ray.data.Dataset, uri: str, endpoint_override: str | None = None) -> None:
     """Write ``embeddings`` as parquet files in the folder ``uri`` (local or s3://), replacing
-    what an earlier export left there (appending would duplicate every clip)."""
+    those an earlier export left there."""
     fs, path = filesystem_for(uri, endpoint_override)
-    embeddings.write_parquet(path, filesystem=fs, mode=ray.data.SaveMode.OVERWRITE, min_rows_per_file=ROWS_PER_FILE)
+    remove_shards(fs, path)
+    embeddings.write_parquet(path, filesystem=fs, min_rows_per_file=ROWS_PER_FILE)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from avray import console
 from avray.checkpoint import load_state
 from avray.config import Config, ConfigError
 from avray.data.labels import labelled_count
@@ -220,7 +221,7 @@ def evaluate(
     track: bool = True,
     batch_size: int = 64,
     folds: int = 5,
-    progress: Callable[[str], None] = print,
+    progress: Callable[[str], None] = console.say,
 ) -> EvalResult:
     """Embed ``data`` with the checkpoint and with its random initialisation, score both, and
     write ``output/metrics.json``, ``output/embeddings.parquet`` (trained model) and
@@ -240,7 +241,8 @@ def evaluate(
     progress(f"[avray] evaluating {folder} on {source.uri}")
     clips = load_clips(source, cfg.data)
     models = {"": ModelSpec.trained(folder), BASELINE_PREFIX: ModelSpec.random_init(cfg)}
-    table = collect(embed_dataset(clips.dataset, models, batch_size=batch_size))
+    with console.bar("embed", "embedding", total=clips.expected):
+        table = collect(embed_dataset(clips.dataset, models, batch_size=batch_size))
     trained, baseline = EmbeddingTable.from_arrow(table), EmbeddingTable.from_arrow(table, BASELINE_PREFIX)
     pq.write_table(table.select([*ID_COLUMNS, *MODALITIES]).sort_by("clip_id"), output / EMBEDDINGS_FILE)
     progress(f"[avray] embedded {len(trained)} clips; scoring")

@@ -10,9 +10,20 @@ from avray.checkpoint import find_checkpoint, load_config_of, load_state
 from avray.models.model import build_model
 
 
+def find_model_checkpoint(path: str | Path) -> Path:
+    """:func:`avray.checkpoint.find_checkpoint`, or the checkpoint inside a registered MLflow
+    Model, ``models:/NAME/VERSION`` (avray.models.mlflow_model), from the store that
+    ``MLFLOW_TRACKING_URI`` names."""
+    if str(path).startswith("models:/"):
+        from avray.models.mlflow_model import fetch_registered
+
+        return fetch_registered(str(path))
+    return find_checkpoint(path)
+
+
 def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
     """The pretrained ``AVModel`` (eval mode) and its config from a checkpoint or run folder."""
-    folder = find_checkpoint(path)
+    folder = find_model_checkpoint(path)
     cfg = load_config_of(folder)
     model = build_model(cfg.model, cfg.data)
     module_state = load_state(folder, map_location)["module"]

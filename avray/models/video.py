@@ -93,7 +93,8 @@ def video_backbone(width: int, depth: int) -> nn.Sequential:
 
     The first stage patchifies (4×4 spatial kernel, stride 4) so the costly full-resolution
     convolutions never run; each later stage halves time, height and width. A 16×64×64 clip
-    ends as a 4×4×4 grid at depth 3, 2×2×2 at depth 4 (the default). [B, 3, T, H, W] -> [B, width * 2**(depth-1), T', H', W']
+    ends as a 4×4×4 grid at depth 3, 2×2×2 at depth 4 (the default).
+    [B, 3, T, H, W] -> [B, width * 2**(depth-1), T', H', W']
     """
     stages = [Conv2Plus1D(3, width, spatial_kernel=4, spatial_stride=4)]
     for stage in range(1, depth):

@@ -137,7 +137,7 @@ def kmeans(
             raise ValueError(f"init must have shape {(k, x.shape[1])}, got {tuple(init.shape)}")
         centroids = init.to(x.device, x.dtype).clone()
     iterations = 0
-    for iterations in range(1, iters + 1):
+    for iterations in range(1, iters + 1):  # noqa: B007 - read after the loop: how many ran
         d2, labels = _nearest(x, centroids)
         stats = torch.zeros((k, x.shape[1] + 1), dtype=torch.float64, device=x.device)
         stats[:, :-1].index_add_(0, labels, x.double())

@@ -10,6 +10,7 @@ resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import random
@@ -28,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from avray import console
 from avray.checkpoint import load_state, save_state
 from avray.config import AugmentConfig, Config, config_from_dict, with_overrides
 from avray.data.labels import batch_labels, labelled_count
@@ -38,6 +40,7 @@ from avray.objectives import LossMixture
 from avray.objectives.base import EpochContext, VideoEmbeddings
 from avray.objectives.distributed import rank as rank_of_this_process
 from avray.objectives.distributed import share, world_size
+from avray.tracking import MetricsFile, Tracker, system_metrics
 from avray.train.schedule import warmup_cosine
 
 
@@ -193,9 +196,11 @@ class Session:
     ``train``/``val``: anything with Ray Data's ``iter_batches`` (a worker's dataset shard, or a
     whole ``Dataset``). ``checkpoint``: the Ray Train or Tune checkpoint to resume from.
     ``report(metrics, folder)`` hands an epoch's results, and the checkpoint folder written on
-    rank 0 (else None), to Ray. ``prepare_model`` places the module (DDP on Ray Train). ``weights``: loss λ that replace the
-    config's, as a Tune trial's genome does; the objectives themselves come from the config.
+    rank 0 (else None), to Ray. ``prepare_model`` places the module (DDP on Ray Train).
+    ``weights``: loss λ that replace the config's, as a Tune trial's genome does; the objectives
+    themselves come from the config.
     ``threads``: PyTorch's intra-op threads (Ray sets OpenMP's to the reserved CPUs; say so).
+    ``quiet``: print no epoch lines.
     """
 
     rank: int
@@ -208,6 +213,8 @@ class Session:
     prepare_model: Callable[[nn.Module], nn.Module]
     threads: int = 1
     weights: dict[str, float] | None = None
+    # A Tune trial: the sweep's driver prints each result with the trial's name instead.
+    quiet: bool = False
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -230,12 +237,25 @@ def train_loop_per_worker(loop_config: dict) -> None:
         ),
         threads=cfg.train.threads_per_worker or max(1, round(cfg.train.cpus_per_worker)),
     )
-    tracker = None
-    if session.rank == 0 and loop_config.get("mlflow_run_id"):
-        from avray.tracking import Tracker
-
-        tracker = Tracker(loop_config["mlflow_uri"], cfg.tracking.experiment, run_id=loop_config["mlflow_run_id"])
-    run_loop(cfg, session, loop_config["steps_per_epoch"], tracker=tracker, epoch_clock=loop_config.get("epoch_clock"))
+    tracker, run_id = None, loop_config.get("mlflow_run_id")
+    if session.rank == 0 and run_id:
+        tracker = Tracker(loop_config["mlflow_uri"], cfg.tracking.experiment, run_id=run_id)
+    machine = (
+        system_metrics(
+            loop_config["mlflow_uri"], run_id, cfg.tracking.system_metrics_interval_s, node=f"rank{session.rank}"
+        )
+        if run_id
+        else contextlib.nullcontext()
+    )
+    with machine:
+        run_loop(
+            cfg,
+            session,
+            loop_config["steps_per_epoch"],
+            tracker=tracker,
+            epoch_clock=loop_config.get("epoch_clock"),
+            metrics_file=loop_config.get("metrics_file") if session.rank == 0 else None,
+        )
 
 
 @dataclass
@@ -329,6 +349,8 @@ def train_epoch(
         scheduler.step()
         progress.global_step += 1
         core.mixture.on_step_end(progress.global_step)
+        if session.rank == 0:
+            console.tick("train", done=progress.global_step)
         steps += 1
         clips += len(video)  # clips, not views: what the data plane delivered
         totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
@@ -359,9 +381,12 @@ def save(
     )
 
 
-def run_loop(cfg: Config, session: Session, steps_per_epoch: int, tracker=None, epoch_clock=None) -> None:
+def run_loop(
+    cfg: Config, session: Session, steps_per_epoch: int, tracker=None, epoch_clock=None, metrics_file: str | None = None
+) -> None:
     """Train ``cfg.train.epochs`` epochs (resuming from ``session.checkpoint``), validating,
-    checkpointing and reporting after each."""
+    checkpointing and reporting after each; each epoch's metrics also go to ``metrics_file``
+    (:class:`avray.tracking.MetricsFile`) when given."""
     rank, device = session.rank, session.device
     torch.set_num_threads(session.threads)
     torch.manual_seed(cfg.train.seed)
@@ -385,10 +410,11 @@ def run_loop(cfg: Config, session: Session, steps_per_epoch: int, tracker=None, 
     progress = Progress()
     if session.checkpoint is not None:
         progress = restore(session.checkpoint, core, optimizer, scheduler, cfg)
-        if rank == 0:
+        if rank == 0 and not session.quiet:
             print(f"[avray] resumed from epoch {progress.epoch} (step {progress.global_step})", flush=True)
 
     start_epoch = progress.epoch
+    records = MetricsFile(metrics_file, start_epoch) if metrics_file else None
     run_start = time.perf_counter()
     num_nodes = _count_nodes()
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -410,7 +436,10 @@ def run_loop(cfg: Config, session: Session, steps_per_epoch: int, tracker=None, 
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
                 save(Path(folder), saved_cfg, core, optimizer, scheduler, epoch, progress)
-                _progress(metrics, cfg, epoch, start_epoch, run_start)
+                if not session.quiet:
+                    _progress(metrics, cfg, epoch, start_epoch, run_start)
+                if records is not None:
+                    records.append(metrics)
                 if tracker is not None:
                     tracker.log_metrics(
                         {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},

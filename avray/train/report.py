@@ -10,9 +10,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from avray.config import Config  # noqa: E402
 from avray.data.report import SkipReport  # noqa: E402
 from avray.storage import is_remote  # noqa: E402
-from avray.tracking import Tracker  # noqa: E402
+from avray.tracking import Tracker, redact  # noqa: E402
 
 
 def plot_losses(history: list[dict], path: Path) -> Path:
@@ -49,7 +50,9 @@ def best_epoch(history: list[dict]) -> dict | None:
     return min(history, key=lambda h: h.get("loss", float("inf")))
 
 
-def log_run_summary(tracker: Tracker, history: list[dict], checkpoint: str | None, skipped: SkipReport) -> None:
+def log_run_summary(
+    tracker: Tracker, history: list[dict], checkpoint: str | None, skipped: SkipReport, cfg: Config
+) -> None:
     folder = Path(tempfile.mkdtemp(prefix="avray-summary-"))
     if history:
         tracker.log_artifact(plot_losses(history, folder / "loss_curves.png"), "plots")
@@ -60,8 +63,26 @@ def log_run_summary(tracker: Tracker, history: list[dict], checkpoint: str | Non
         tracker.set_tag("avray.checkpoint", checkpoint)
         if not is_remote(checkpoint):  # a remote checkpoint is already where the cluster can read it
             tracker.log_artifact(checkpoint, "checkpoint")
+            log_mlflow_model(tracker, checkpoint, cfg)
     counts = skipped.counts()
     if counts:
         tracker.log_metrics({f"data/skipped/{reason}": n for reason, n in counts.items()}, step=0)
     tracker.log_text(skipped.summary(), "skipped_files.txt")
     tracker.finish()
+
+
+def log_mlflow_model(tracker: Tracker, checkpoint: str, cfg: Config) -> None:
+    """The checkpoint as an MLflow Model (avray.mlflow_model), registered when the config asks;
+    a tracking server that refuses costs a warning, not the run."""
+    from avray import console
+    from avray.models.mlflow_model import log_model
+
+    try:
+        model_uri = log_model(tracker.uri, tracker.run_id, checkpoint, cfg, cfg.tracking.register_model)
+    except Exception as err:  # noqa: BLE001 - the checkpoint is safe on disk whatever MLflow says
+        console.say(f"[avray] warning: the MLflow Model was not logged: {redact(str(err)).splitlines()[0]}")
+        return
+    tracker.set_tag("avray.model_uri", model_uri)
+    name = cfg.tracking.register_model
+    if name:
+        console.say(f"[avray] registered the model as {name} (models:/{name}/latest)")

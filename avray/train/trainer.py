@@ -9,20 +9,23 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import ray
+import ray.data
 import ray.train
 
+from avray import console
 from avray.checkpoint import checkpoint_uri
 from avray.config import Config
 from avray.data.pipeline import TrainingData, training_data
 from avray.data.report import SkipReport
 from avray.data.shards import DataSource, for_inputs, resolve_source
 from avray.objectives.mixture import check_labels_for
-from avray.storage import filesystem_for, is_remote
+from avray.storage import filesystem_for, is_remote, join_uri
 from avray.tracking import Tracker, start_job_run
 from avray.train.faults import FailFastTorchTrainer, deterministic_failure
 from avray.train.loop import train_loop_per_worker
 
 RUN_NAME = "pretrain"
+METRICS_FILE = "metrics.jsonl"  # each epoch's metrics, one JSON line each (avray.tracking.MetricsFile)
 
 
 @dataclass
@@ -83,34 +86,41 @@ def ray_storage(output: str) -> tuple[str, pafs.FileSystem | None]:
     return path, fs
 
 
+def steps_per_epoch(cfg: Config, data: TrainingData, workers: int) -> int:
+    per_worker = max(1, cfg.train.batch_size // workers)
+    steps = (data.num_train_clips // workers) // per_worker
+    if steps == 0:
+        raise ValueError(
+            f"{data.num_train_clips} training clips cannot fill one batch of {per_worker} per worker "
+            f"on {workers} workers: lower train.batch_size or add data"
+        )
+    return steps
+
+
 def build_trainer(
     cfg: Config, data: TrainingData, output: str, tracker: Tracker | None, cache: bool
 ) -> FailFastTorchTrainer:
     """``cache``: read the clips into the object store first (:func:`cache_training_clips`)."""
     scaling_config = scaling(cfg)
     storage_path, storage_filesystem = ray_storage(output)
-    per_worker = max(1, cfg.train.batch_size // scaling_config.num_workers)
-    steps_per_epoch = (data.num_train_clips // scaling_config.num_workers) // per_worker
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"{data.num_train_clips} training clips cannot fill one batch of {per_worker} per worker "
-            f"on {scaling_config.num_workers} workers: lower train.batch_size or add data"
-        )
     streams = {"train": data.train, **({"val": data.val} if data.val is not None else {})}
     datasets = {name: stream.materialize() if cache else stream for name, stream in streams.items()}
     return FailFastTorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "config": cfg.to_dict(),
-            "steps_per_epoch": steps_per_epoch,
+            "steps_per_epoch": steps_per_epoch(cfg, data, scaling_config.num_workers),
             "has_val": data.val is not None,
             "epoch_clock": data.epoch_clock,
             "mlflow_uri": tracker.uri if tracker else None,
             "mlflow_run_id": tracker.run_id if tracker else None,
+            "metrics_file": join_uri(output if is_remote(output) else str(Path(output).resolve()), METRICS_FILE),
         },
         scaling_config=scaling_config,
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        # Options of its own: without them Ray Train copies the context's deprecated
+        # exclude_resources into every worker's ingest, with a RayDeprecationWarning each run.
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=ray.data.ExecutionOptions()),
         run_config=ray.train.RunConfig(
             name=RUN_NAME,
             storage_path=storage_path,
@@ -139,15 +149,16 @@ def pretrain(cfg: Config, data: str | DataSource, output: str, track: bool = Tru
     check_labels_for(cfg.objectives, data.train_labelled, source.uri)
     cache = cache_training_clips(cfg, data)
     labelled = f" ({data.val_labelled} labelled)" if 0 < data.val_labelled < data.num_val_clips else ""
-    print(
+    console.say(
         f"[avray] {data.num_train_clips} training clips, {data.num_val_clips} held-out clips{labelled}"
-        f"{' (read once into the object store)' if cache else ''}",
-        flush=True,
+        f"{' (read once into the object store)' if cache else ''}"
     )
     tracker = start_job_run(cfg, output) if track else None
     trainer = build_trainer(cfg, data, output, tracker, cache)
+    total_steps = cfg.train.epochs * steps_per_epoch(cfg, data, scaling(cfg).num_workers)
     try:
-        result = trainer.fit()
+        with console.bar("train", "training", total=total_steps, unit="step"):
+            result = trainer.fit()
     except ray.train.TrainingFailedError as err:
         fatal = deterministic_failure(err)
         if tracker is not None:
@@ -161,5 +172,5 @@ def pretrain(cfg: Config, data: str | DataSource, output: str, track: bool = Tru
     if tracker is not None:
         from avray.train.report import log_run_summary
 
-        log_run_summary(tracker, history, checkpoint, skipped)
+        log_run_summary(tracker, history, checkpoint, skipped, cfg)
     return PretrainResult(checkpoint, result.metrics or {}, history, skipped, tracker)

@@ -14,10 +14,13 @@ from pathlib import Path
 
 from ray import tune
 
+from avray import console
 from avray.tracking import Tracker, redact
 from avray.tune.space import LAMBDA
 from avray.tune.trainable import EXPLOITED_FROM
 
+# What the console's line for a trial's result shows: its loss, and the fitnesses.
+TRIAL_LINE = ("loss", "val/elo_fitness", "val/knn_accuracy")
 LOGGED_PREFIXES = ("loss", "val/", "lambda/", "lr", "clips_per_s", "epoch", "global_step", "training_iteration")
 HISTORY_FILE = "pbt_history.json"
 
@@ -99,6 +102,9 @@ class TrialRuns(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         tracker = self._tracker(trial)
         step = int(result["training_iteration"])
+        scores = "  ".join(f"{k.removeprefix('val/')} {result[k]:.4g}" for k in TRIAL_LINE if k in result)
+        console.say(f"[avray] trial {trial.trial_id}  epoch {int(result.get('epoch', step))}  {scores}")
+        console.tick("sweep", advance=1)
         tracker.log_metrics(
             {
                 k: v

@@ -19,6 +19,7 @@ from pathlib import Path
 import ray
 from ray import tune
 
+from avray import console
 from avray.checkpoint import checkpoint_uri
 from avray.cluster import materialize_on_driver_node, on_driver_node
 from avray.config import Config, ConfigError, with_overrides
@@ -73,10 +74,9 @@ def tune_losses(cfg: Config, data: str | DataSource, output: str) -> SweepResult
             f"{data.num_train_clips} training clips cannot fill one batch of {cfg.train.batch_size}: "
             "lower train.batch_size or add data"
         )
-    print(
+    console.say(
         f"[avray] sweep: {cfg.tune.num_samples} trials, {cfg.tune.scheduler} + {cfg.tune.search_alg}, "
         f"fitness {metric}; {data.num_train_clips} training clips, {data.num_val_clips} held-out",
-        flush=True,
     )
     # Every trial reads every clip every epoch: read (or decode) them once, into Ray's object
     # store (which spills to disk beyond memory), rather than once per trial and epoch. It also
@@ -85,10 +85,9 @@ def tune_losses(cfg: Config, data: str | DataSource, output: str) -> SweepResult
     # another node cannot take them. Search on a subset of a corpus far larger than that node's disk.
     start = time.perf_counter()
     train, val = materialize_on_driver_node(data.train), materialize_on_driver_node(data.val)
-    print(
+    console.say(
         f"[avray] {train.count() + val.count()} clips ({(train.size_bytes() + val.size_bytes()) / 2**20:.0f} MiB) "
         f"in the object store in {time.perf_counter() - start:.1f} s",
-        flush=True,
     )
     failures = on_driver_node(TrialFailures).remote()
     trainable = tune.with_resources(
@@ -106,7 +105,7 @@ def tune_losses(cfg: Config, data: str | DataSource, output: str) -> SweepResult
         else str(Path(tempfile.gettempdir()) / f"avray-trial-runs-{parent.run_id}.json")
     )
     if tune.Tuner.can_restore(experiment_path, storage_filesystem=filesystem):
-        print(f"[avray] resuming the sweep in {output.rstrip('/')}/{EXPERIMENT}", flush=True)
+        console.say(f"[avray] resuming the sweep in {output.rstrip('/')}/{EXPERIMENT}")
         tuner = tune.Tuner.restore(
             experiment_path, trainable=trainable, resume_errored=True, storage_filesystem=filesystem
         )
@@ -133,10 +132,12 @@ def tune_losses(cfg: Config, data: str | DataSource, output: str) -> SweepResult
                 # PBT copies checkpoints between trials: keeping only two can delete one it is about to copy.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
                 callbacks=[TrialRuns(parent.uri, cfg.tracking.experiment, parent.run_id, state_file)],
-                verbose=1,
+                # avray's console prints each result (TrialRuns); Tune's tables only with --verbose.
+                verbose=0 if console.captured() else 1,
             ),
         )
-    grid = tuner.fit()
+    with console.bar("sweep", "sweep", total=cfg.tune.num_samples * cfg.train.epochs, unit="epoch"):
+        grid = tuner.fit()
     return _summarise(
         cfg,
         grid,
@@ -188,7 +189,7 @@ def _summarise(
         for result in grid
     ]
     for cause in causes.values():
-        print(f"[avray] {cause}", flush=True)
+        console.say(f"[avray] {cause}")
     finished = [t for t in trials if isinstance(t["final_fitness"], float) and math.isfinite(t["final_fitness"])]
     if not finished:
         parent.finish("FAILED")

@@ -79,6 +79,7 @@ def train_trial(config: dict, *, base: Config, train, val, steps_per_epoch: int,
         prepare_model=lambda module: module.to(device),
         weights=weights,
         threads=cfg.train.threads_per_worker or max(1, round(cfg.tune.cpus_per_trial)),
+        quiet=True,
     )
     try:
         run_loop(cfg, session, steps_per_epoch)

@@ -314,7 +314,7 @@ def test_ray_start_commands_parse_and_keep_auth():
 
     commands = _ray_commands(("start",))
     assert commands
-    for where, args in commands:
+    for _, args in commands:
         start.make_context("start", list(args), resilient_parsing=False)
 
 

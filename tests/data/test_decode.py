@@ -6,8 +6,8 @@ import pytest
 from avray.config import DataConfig
 from avray.data import decode
 from avray.data.decode import decode_clip, decode_clips_of_video, probe
-from avray.demo.media import write_media
 from avray.data.report import DECODE_ERROR, EMPTY, NO_VIDEO_STREAM, TOO_SHORT, UNREADABLE, SkipError
+from avray.demo.media import write_media
 
 CFG = DataConfig()
 

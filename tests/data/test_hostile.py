@@ -7,7 +7,6 @@ reported with its reason, nothing may hang, and no Ray worker may grow past a sa
 
 import os
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from avray.config import DataConfig
-from avray.data.pipeline import decode_dataset, load_clips
 from avray.data.index import build_clip_index, held_out_sources
+from avray.data.pipeline import decode_dataset, load_clips
 from avray.data.shards import write_prepared
 from avray.data.sources import SourceError
 from tests.media import make_bad_inputs, make_good_video, make_odd_good_inputs

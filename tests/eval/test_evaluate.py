@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from avray import cli
 from avray.checkpoint import load_config_of
 from avray.config import load_config
 from avray.data.pipeline import load_clips
@@ -31,6 +32,7 @@ from avray.train.trainer import pretrain
 ROOT = Path(__file__).resolve().parents[2]
 
 VIDEOS = 40  # 4 per digit class
+REGISTERED = "avray-eval-test"  # the model name the pretraining run registers
 # A tiny model on small clips (32 px, 4 fps, 8 kHz: the demo's tones are below 1.5 kHz), about
 # 120 optimizer steps in all: 40 videos x 8 clips, batches of 16, 6 epochs.
 SETTINGS = [
@@ -82,7 +84,9 @@ def pretrained(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     corpus = root / "corpus"
     make_demo_corpus(corpus, VIDEOS, seed=0, duration_s=3.0, size=32, fps=8, sample_rate=16000, workers=1)
-    cfg = load_config(None, [*SETTINGS, f"tracking.tracking_uri=sqlite:///{root}/mlflow.db"])
+    cfg = load_config(
+        None, [*SETTINGS, f"tracking.tracking_uri=sqlite:///{root}/mlflow.db", f"tracking.register_model={REGISTERED}"]
+    )
     # Clips are decoded once into shards, in corpus order: a video's clips side by side. Training
     # must mix them itself; unmixed, a batch holds a few videos whose clips are each other's only
     # InfoNCE negatives and the model barely learns (measured, 120 steps: a2v class mAP 0.17
@@ -201,6 +205,33 @@ def test_embed_workflow_exports_every_clip(pretrained, tmp_path, monkeypatch, ca
     assert len(exported) == 8 * VIDEOS and len(set(exported.ids)) == len(exported)
     assert exported.audio.shape == exported.video.shape == (8 * VIDEOS, 16)
     assert set(exported.labels) == {str(d) for d in range(10)}
+
+
+@pytest.mark.slow
+def test_a_registered_model_is_read_back_by_its_models_uri(pretrained, tmp_path, monkeypatch, capsys):
+    root, training = pretrained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+    by_folder, by_name = tmp_path / "by-folder", tmp_path / "by-name"
+    for checkpoint, output in ((training.checkpoint, by_folder), (f"models:/{REGISTERED}/1", by_name)):
+        code = run_workflow(
+            "embed.py", monkeypatch, "--checkpoint", checkpoint, "--data", str(root / "shards"), "--output", str(output)
+        )
+        assert code == 0
+    assert capsys.readouterr().out.count(f"wrote embeddings of {8 * VIDEOS} clips") == 2
+    np.testing.assert_array_equal(read_embeddings(str(by_name)).fused, read_embeddings(str(by_folder)).fused)
+
+
+def test_a_model_name_nobody_registered_is_one_line_and_exit_2(pretrained, tmp_path, monkeypatch, capsys):
+    root, _ = pretrained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+    with pytest.raises(SystemExit) as exited:
+        cli.run(
+            runpy.run_path(str(ROOT / "workflows" / "embed.py"))["main"],
+            ["--checkpoint", "models:/nobody/1", "--data", str(root / "shards"), "--output", str(tmp_path / "x")],
+        )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == cli.EXIT_USAGE and len(err) == 1
+    assert err[0].startswith("error: cannot fetch models:/nobody/1") and "MLFLOW_TRACKING_URI" in err[0]
 
 
 def test_unlabelled_clips_get_label_free_metrics_only():

@@ -3,6 +3,7 @@
 Training across nodes, and losing one, is in tests/cluster/test_node_loss.py; checkpoints on
 S3, named by URI and loaded back, in tests/test_security.py (with the credentials it needs)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -12,12 +13,16 @@ import time
 from pathlib import Path
 
 import mlflow
+import mlflow.pyfunc
+import numpy as np
 import psutil
 import pytest
+import torch
 
 from avray.checkpoint import load_state
 from avray.models import load_model
-from avray.train.trainer import pretrain
+from avray.models.mlflow_model import example_inputs
+from avray.train.trainer import METRICS_FILE, pretrain
 from tests.tiny import FAULT_RUN, make_tiny_corpus, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +35,7 @@ def corpus(tmp_path_factory):
 
 
 def test_pretrain_logs_to_mlflow_and_resumes(ray_local, corpus, tmp_path):
-    cfg = tiny_config(tmp_path, "train.epochs=2", "train.num_workers=1")
+    cfg = tiny_config(tmp_path, "train.epochs=2", "train.num_workers=1", "tracking.system_metrics_interval_s=0.5")
     result = pretrain(cfg, corpus, str(tmp_path / "run"))
     assert [h["epoch"] for h in result.history] == [1, 2]
     steps_per_epoch = result.history[0]["global_step"]
@@ -45,9 +50,27 @@ def test_pretrain_logs_to_mlflow_and_resumes(ray_local, corpus, tmp_path):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "plots", "checkpoint"} <= artifacts
     assert run.info.status == "FINISHED"
+    # The machine of each training worker, from MLflow's own monitor.
+    assert any(key.startswith("system/rank0/cpu_utilization") for key in run.data.metrics), sorted(run.data.metrics)
+    # Each epoch's metrics for readers without MLflow, as MLflow has them.
+    records = [json.loads(line) for line in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[1]["loss"] == pytest.approx(client.get_metric_history(run.info.run_id, "loss")[-1].value)
+    # The trained model as an MLflow Model that embeds clips exactly as the checkpoint does.
+    logged = mlflow.artifacts.download_artifacts(
+        artifact_uri=run.data.tags["avray.model_uri"], tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"
+    )
+    embedder = mlflow.pyfunc.load_model(logged)
+    clips = example_inputs(cfg)
+    clips["video"][:] = np.random.default_rng(0).integers(0, 255, clips["video"].shape, dtype=np.uint8)
+    embedded = embedder.predict(clips)
 
     model, saved_cfg = load_model(result.checkpoint)
     assert saved_cfg.model == cfg.model and sum(p.numel() for p in model.parameters()) > 0
+    with torch.inference_mode():
+        direct = model(torch.as_tensor(clips["video"]), torch.as_tensor(clips["audio"]))
+    for name in ("audio", "video", "fused"):
+        np.testing.assert_allclose(embedded[name], direct[name].numpy(), rtol=1e-5, atol=1e-6)
 
     # The same command with more epochs picks up where the first stopped: same run, one more epoch.
     longer = tiny_config(tmp_path, "train.epochs=3", "train.num_workers=1")
@@ -58,6 +81,8 @@ def test_pretrain_logs_to_mlflow_and_resumes(ray_local, corpus, tmp_path):
         (2, 2 * steps_per_epoch),
         (3, 3 * steps_per_epoch),
     ]
+    records = [json.loads(line) for line in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
 
 
 def _train_workers() -> list[psutil.Process]:

@@ -8,6 +8,8 @@ fails before Ray starts or a single video is read.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -667,9 +669,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             raise ConfigError(f"{key} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return number
     if annotation is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{key} must be a string, got {value!r}")
@@ -718,13 +723,32 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+class _DecimalLoader(yaml.SafeLoader):
+    """YAML 1.1 without its non-decimal integers: ``0x10`` (16), ``0o10``, ``0b11`` and ``1:30``
+    (sexagesimal: 90) stay strings, which an integer setting refuses, instead of numbers nobody
+    meant."""
+
+
+_DecimalLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_DecimalLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"), list("-+0123456789")
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_DecimalLoader)  # a SafeLoader with one resolver less
+
+
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"--set expects key=value (e.g. train.epochs=5), got {item!r}")
     key, raw = item.split("=", 1)
     # YAML parsing gives numbers, booleans, null and lists their natural types.
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -733,7 +757,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
 def _read_config_file(path: Path) -> dict[str, Any]:
     """The mapping in a YAML config file; any reason it cannot be had is a one-line ConfigError."""
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = _load_yaml(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as err:

@@ -37,11 +37,35 @@ def test_yaml_and_overrides_are_typed(tmp_path):
         ("objectives.infonce.weight=-1", "objectives.infonce.weight must be >= 0"),
         ("data.sampling=sometimes", "data.sampling must be one of"),
         ("train.epochs", "--set expects key=value"),
+        # Not finite: nothing downstream can train with it.
+        ("train.lr=inf", "train.lr must be a finite number, got 'inf'"),
+        ("train.lr=.inf", "train.lr must be a finite number"),
+        ("data.fps=inf", "data.fps must be a finite number"),
+        ("data.clip_seconds=nan", "data.clip_seconds must be a finite number"),
+        ("objectives.infonce.temperature=-inf", "objectives.infonce.temperature must be a finite number"),
+        ("objectives.infonce.weight=inf", "objectives.infonce.weight must be a finite number"),
+        # YAML 1.1 reads these as 16, 8, 3 and 90: numbers nobody typed.
+        ("train.epochs=0x10", "train.epochs must be an integer, got '0x10'"),
+        ("train.epochs=0o10", "train.epochs must be an integer, got '0o10'"),
+        ("train.epochs=0b11", "train.epochs must be an integer, got '0b11'"),
+        ("train.epochs=1:30", "train.epochs must be an integer, got '1:30'"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace(".", r"\.")):
         load_config(None, [override])
+
+
+def test_a_config_file_refuses_non_decimal_and_non_finite_numbers_too(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 0x10\n")
+    with pytest.raises(ConfigError, match="train.epochs must be an integer, got '0x10'"):
+        load_config(path)
+    path.write_text("train:\n  lr: .inf\n")
+    with pytest.raises(ConfigError, match="train.lr must be a finite number"):
+        load_config(path)
+    path.write_text("train:\n  epochs: 12\n  lr: 1.0e-3\n")
+    assert load_config(path).train.epochs == 12 and load_config(path).train.lr == 0.001
 
 
 def test_an_empty_mixture_is_refused():

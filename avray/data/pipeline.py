@@ -105,8 +105,9 @@ def prepare(uri: str, output: str, cfg: DataConfig, progress: Callable[[str], No
     start = time.perf_counter()
     index = build_clip_index(uri, cfg)
     progress(f"indexed {index.num_videos} videos -> {index.clips.num_rows} clips in {time.perf_counter() - start:.1f} s")
+    clips = decode_dataset(index.shuffled(cfg.seed), cfg)  # refuses an index without clips, before a bar
     with console.bar("decode", "decoding", total=index.clips.num_rows):
-        report = write_prepared(decode_dataset(index.shuffled(cfg.seed), cfg), output, cfg)
+        report = write_prepared(clips, output, cfg)
     written, seconds = count_prepared(output, cfg), time.perf_counter() - start
     progress(f"wrote {written} clips to {output} in {seconds:.1f} s ({written / seconds:.1f} clips/s)")
     progress(report.summary())

@@ -22,6 +22,7 @@ from avray.eval.embed import (
     evaluation_config,
     write_embeddings,
 )
+from avray.models.loading import check_loadable
 
 
 def main(argv=None) -> int:
@@ -34,6 +35,7 @@ def main(argv=None) -> int:
     folder, cfg = evaluation_config(args.checkpoint, args.overrides)
     source = preflight.check_job(cfg, data=args.data, output=args.output)
     check_inputs(cfg, source)
+    check_loadable(folder)
     cli.start_ray(args)
     start = time.perf_counter()
     clips = load_clips(source, cfg.data)

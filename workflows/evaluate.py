@@ -15,6 +15,7 @@ from avray import cli, console, preflight
 from avray.config import ConfigError
 from avray.eval.embed import evaluation_config
 from avray.eval.evaluate import evaluate, format_table
+from avray.models.loading import check_loadable
 from avray.tracking import ui_command
 
 
@@ -26,8 +27,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.config:
         raise ConfigError("evaluate uses the checkpoint's config: change it with --set, not --config")
-    _, cfg = evaluation_config(args.checkpoint, args.overrides)  # a bad checkpoint or override fails here
+    folder, cfg = evaluation_config(args.checkpoint, args.overrides)  # a bad checkpoint or override fails here
     source = preflight.check_job(cfg, data=args.data, output=args.output, track=not args.no_track)
+    check_loadable(folder)
     cli.start_ray(args)
     result = evaluate(
         args.checkpoint,

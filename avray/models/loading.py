@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -29,3 +30,19 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
     module_state = load_state(folder, map_location)["module"]
     model.load_state_dict({k.removeprefix("model."): v for k, v in module_state.items() if k.startswith("model.")})
     return model.eval(), cfg
+
+
+def check_loadable(folder: Path) -> None:
+    """Load ``folder``'s weights into its model once, on the driver: a truncated, empty or
+    mismatched ``state.pt`` is then one clear error before any work, not a traceback from an
+    embedding actor."""
+    from avray.data.sources import SourceError
+
+    try:
+        load_model(folder)
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, pickle.UnpicklingError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
+        raise SourceError(
+            f"checkpoint {folder} cannot be loaded ({type(err).__name__}: {reason}): point --checkpoint at "
+            "a complete checkpoint of avray's (its state.pt and the config.yaml it was trained with)"
+        ) from None

@@ -14,7 +14,7 @@ import ray.train
 
 from avray import console
 from avray.checkpoint import checkpoint_uri
-from avray.config import Config
+from avray.config import Config, ConfigError
 from avray.data.pipeline import TrainingData, training_data
 from avray.data.report import SkipReport
 from avray.data.shards import DataSource, for_inputs, resolve_source
@@ -87,10 +87,11 @@ def ray_storage(output: str) -> tuple[str, pafs.FileSystem | None]:
 
 
 def steps_per_epoch(cfg: Config, data: TrainingData, workers: int) -> int:
+    """Optimizer steps in an epoch; a corpus that cannot fill one batch is the user's to fix."""
     per_worker = max(1, cfg.train.batch_size // workers)
     steps = (data.num_train_clips // workers) // per_worker
     if steps == 0:
-        raise ValueError(
+        raise ConfigError(
             f"{data.num_train_clips} training clips cannot fill one batch of {per_worker} per worker "
             f"on {workers} workers: lower train.batch_size or add data"
         )
@@ -153,9 +154,10 @@ def pretrain(cfg: Config, data: str | DataSource, output: str, track: bool = Tru
         f"[avray] {data.num_train_clips} training clips, {data.num_val_clips} held-out clips{labelled}"
         f"{' (read once into the object store)' if cache else ''}"
     )
+    # Before the MLflow run is created: a batch the clips cannot fill leaves nothing behind.
+    total_steps = cfg.train.epochs * steps_per_epoch(cfg, data, scaling(cfg).num_workers)
     tracker = start_job_run(cfg, output) if track else None
     trainer = build_trainer(cfg, data, output, tracker, cache)
-    total_steps = cfg.train.epochs * steps_per_epoch(cfg, data, scaling(cfg).num_workers)
     try:
         with console.bar("train", "training", total=total_steps, unit="step"):
             result = trainer.fit()

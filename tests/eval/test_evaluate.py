@@ -3,6 +3,7 @@
 
 import json
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from avray import cli
-from avray.checkpoint import load_config_of
+from avray.checkpoint import CONFIG_FILE, STATE_FILE, load_config_of
 from avray.config import load_config
 from avray.data.pipeline import load_clips
 from avray.data.shards import write_prepared
@@ -292,3 +293,38 @@ def test_cli_rejects_a_missing_checkpoint(script, tmp_path, monkeypatch, capsys)
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: no avray checkpoint")
     assert not (tmp_path / "out").exists()
+
+
+def _truncated(folder: Path) -> None:
+    state = folder / STATE_FILE
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+
+
+def _emptied(folder: Path) -> None:
+    (folder / STATE_FILE).write_bytes(b"")
+
+
+def _mismatched(folder: Path) -> None:
+    # The weights of one architecture under the config of another.
+    config = folder / CONFIG_FILE
+    config.write_text(config.read_text().replace("embed_dim: 16", "embed_dim: 24"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["evaluate.py", "embed.py"])
+@pytest.mark.parametrize("damage", [_truncated, _emptied, _mismatched], ids=lambda f: f.__name__.strip("_"))
+def test_a_damaged_checkpoint_is_one_line_and_exit_2_before_any_work(
+    pretrained, script, damage, tmp_path, monkeypatch, capsys
+):
+    root, training = pretrained
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(training.checkpoint, folder)
+    damage(folder)
+    output = tmp_path / "out"
+    code = run_workflow(
+        script, monkeypatch, "--checkpoint", str(folder), "--data", str(root / "shards"), "--output", str(output)
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == cli.EXIT_USAGE and len(err) == 1, err
+    assert err[0].startswith(f"error: checkpoint {folder} cannot be loaded")
+    assert not output.exists()

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from avray.checkpoint import load_state
+from avray.config import ConfigError
 from avray.models import load_model
 from avray.models.mlflow_model import example_inputs
 from avray.train.trainer import METRICS_FILE, pretrain
@@ -127,6 +128,13 @@ def test_a_killed_worker_resumes_from_checkpoint_with_the_same_step_count(
     assert result.history[0]["epoch"] >= 2 and result.history[-1]["epoch"] == 6
     assert result.history[-1]["global_step"] == expected_steps
     assert load_state(Path(result.checkpoint))["global_step"] == expected_steps
+
+
+def test_a_batch_the_clips_cannot_fill_is_refused_before_the_mlflow_run(ray_local, corpus, tmp_path):
+    cfg = tiny_config(tmp_path, "train.batch_size=512", "train.num_workers=1")
+    with pytest.raises(ConfigError, match="training clips cannot fill one batch of 512 .*lower train.batch_size"):
+        pretrain(cfg, corpus, str(tmp_path / "run"))
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "run").exists()
 
 
 def test_pretrain_cli_bad_config_fails_before_work(tmp_path):

@@ -200,6 +200,14 @@ def evaluate_unreachable_mlflow(s):
     )
 
 
+def evaluate_model_override(s):
+    # The random baseline would be another architecture than the trained model.
+    return (
+        ["--checkpoint", s.checkpoint, "--data", s.videos, "--set", "model.embed_dim=8"],
+        ["model.embed_dim: evaluation uses the model the checkpoint was trained with"],
+    )
+
+
 def demo_unreachable_mlflow(s):
     _, words = unreachable_mlflow(s)
     return [], words
@@ -229,6 +237,8 @@ FAULTS = [
     ("prepare.py", unreachable_s3_output),
     ("evaluate.py", evaluate_missing_data),
     ("evaluate.py", evaluate_unreachable_mlflow),
+    ("evaluate.py", evaluate_model_override),
+    ("embed.py", evaluate_model_override),
     ("embed.py", s3_missing_bucket_output),
     ("extract_features.py", bad_yaml),
     ("demo.py", demo_unreachable_mlflow),

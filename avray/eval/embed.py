@@ -23,7 +23,7 @@ import torch
 from avray import console
 from avray.checkpoint import CONFIG_FILE
 from avray.cluster import inference_pool
-from avray.config import Config, config_from_dict, load_config
+from avray.config import Config, ConfigError, config_from_dict, load_config
 from avray.data.labels import label_column
 from avray.data.shards import remove_shards
 from avray.data.sources import SourceError
@@ -43,7 +43,14 @@ ROWS_PER_FILE = 50_000
 def evaluation_config(checkpoint: str | Path, overrides: Sequence[str] = ()) -> tuple[Path, Config]:
     """The checkpoint folder (absolute: actors may run elsewhere) and its config, with
     ``key=value`` overrides and uniform clip sampling (fixed windows: evaluating twice gives
-    the same clips and the same numbers)."""
+    the same clips and the same numbers). ``model.*`` overrides are refused: the trained weights
+    and the random baseline are both the checkpoint's architecture."""
+    changed = sorted(item.split("=", 1)[0].strip() for item in overrides if item.strip().startswith("model."))
+    if changed:
+        raise ConfigError(
+            f"{', '.join(changed)}: evaluation uses the model the checkpoint was trained with, and builds "
+            "its random baseline from the same model section; drop the model.* overrides"
+        )
     try:
         folder = find_model_checkpoint(checkpoint).resolve()
     except FileNotFoundError as err:

@@ -3,8 +3,9 @@
 Decoding is the expensive part of the whole data plane, so it does only what the clips
 need: seek to the keyframe before a window, decode up to its end, convert only the
 frames that are kept, scale in libswscale (PyAV's ``reformat``) and resample audio with
-``av.AudioResampler``; a video's overlapping windows share one pass. Each call decodes on one thread: parallelism comes from Ray,
-and one thread per process keeps a 2-core machine from oversubscribing.
+``av.AudioResampler``; a video's overlapping windows share one pass. Each call decodes on one
+thread: parallelism comes from Ray, and one thread per process keeps a 2-core machine from
+oversubscribing.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import math
 import os
 import stat
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import av
 import numpy as np
@@ -90,7 +91,9 @@ class Deadline:
 
 
 @contextlib.contextmanager
-def open_media(uri: str, deadline: Deadline, endpoint_override: str | None = None) -> Iterator[av.container.InputContainer]:
+def open_media(
+    uri: str, deadline: Deadline, endpoint_override: str | None = None
+) -> Iterator[av.container.InputContainer]:
     """Open a local or s3:// media file with PyAV; raises SkipError for unusable input."""
     if uri.startswith("s3://"):
         fs = _cached_filesystem("s3://" + uri[5:].split("/", 1)[0], endpoint_override)
@@ -151,8 +154,13 @@ def _missing_file(path: str, err: OSError) -> tuple[str, str]:
     return NOT_FOUND, err.strerror or str(err)
 
 
-_FILE_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
-               (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+_FILE_KINDS = (
+    (stat.S_ISDIR, "directory"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
 
 
 def _file_kind(mode: int) -> str:
@@ -281,7 +289,7 @@ def decode_clips_of_video(uri: str, starts: Sequence[float], cfg: DataConfig) ->
         audio_stream = container.streams.audio[0] if container.streams.audio else None
         for run in _passes([starts[i] for i in order], cfg.clip_seconds):
             indices = order[: len(run)]
-            order = order[len(run):]
+            order = order[len(run) :]
             for i, clip in zip(indices, _decode_pass(container, video_stream, audio_stream, run, cfg)):
                 results[i] = clip
     return results
@@ -299,7 +307,9 @@ def _passes(sorted_starts: list[float], clip_seconds: float) -> list[list[float]
     return runs
 
 
-def _decode_pass(container, video_stream, audio_stream, starts: list[float], cfg: DataConfig) -> list[DecodedClip | SkipError]:
+def _decode_pass(
+    container, video_stream, audio_stream, starts: list[float], cfg: DataConfig
+) -> list[DecodedClip | SkipError]:
     """The windows at ``starts`` (sorted) decoded from one seek, in one pass over the packets."""
     deadline = Deadline(cfg.decode_timeout_s * len(starts), f"decoding {len(starts)} overlapping clip(s)")
     converted = _Converter(cfg.frame_size)
@@ -334,15 +344,21 @@ def _decode_pass(container, video_stream, audio_stream, starts: list[float], cfg
     clips: list[DecodedClip | SkipError] = []
     for start, window in zip(starts, windows):
         if window.done or (window.enough and (failure is None or failure.reason != TIMEOUT)):
-            clips.append(DecodedClip(
-                video=window.result(),
-                audio=audio.window(start, cfg.num_samples) if audio is not None else np.zeros(cfg.num_samples, np.float32),
-                has_audio=audio is not None,
-            ))
+            clips.append(
+                DecodedClip(
+                    video=window.result(),
+                    audio=audio.window(start, cfg.num_samples)
+                    if audio is not None
+                    else np.zeros(cfg.num_samples, np.float32),
+                    has_audio=audio is not None,
+                )
+            )
         elif failure is not None:
             clips.append(SkipError(failure.reason, f"clip at {start:.2f} s: {failure.detail}"))
         else:
-            clips.append(SkipError(DECODE_ERROR, f"clip at {start:.2f} s: only {window.count}/{cfg.num_frames} frames decoded"))
+            clips.append(
+                SkipError(DECODE_ERROR, f"clip at {start:.2f} s: only {window.count}/{cfg.num_frames} frames decoded")
+            )
     return clips
 
 
@@ -366,7 +382,7 @@ def _seek(container: av.container.InputContainer, stream: av.video.stream.VideoS
 class _FrameSampler:
     """Keeps, for each output time start + i/fps, the last source frame at or before it."""
 
-    def __init__(self, start: float, cfg: DataConfig, convert: "_Converter"):
+    def __init__(self, start: float, cfg: DataConfig, convert: _Converter):
         self.targets = start + np.arange(cfg.num_frames) / cfg.fps
         self.convert = convert
         self.out = np.zeros((cfg.num_frames, cfg.frame_size, cfg.frame_size, 3), np.uint8)

@@ -19,25 +19,45 @@ from avray.storage import filesystem_for
 
 
 def held_out_sources(sources: list[str], labels: list, val_fraction: float, seed: int) -> set[str]:
-    """The videos kept for validation: ``val_fraction`` of each label's videos, stratified.
+    """The videos kept for validation: about ``val_fraction`` of all videos, stratified by label.
 
-    Within a label, videos are ranked by a seeded hash of their path, so the choice is
-    reproducible and needs no shared RNG. Every label with two or more videos gives at least
-    one and keeps at least one for training: a small corpus still gets a usable validation set
-    (a plain per-video coin flip can leave it empty or single-class).
+    Each label gets its share, rounded by largest remainder so that the total is
+    ``round(val_fraction * videos)`` (at least one), and never its last video: a label with one
+    video trains. Within a label, videos are ranked by a seeded hash of their path, so the
+    choice is reproducible and needs no shared RNG. (One video per label, held out on a small
+    corpus, was up to half of it: 10 of 20 videos at 0.1.)
     """
     if val_fraction <= 0:
         return set()
     by_label: dict = {}
     for source, label in zip(sources, labels):
         by_label.setdefault(label, set()).add(source)
+    eligible = {label: videos for label, videos in by_label.items() if len(videos) >= 2}
+    total = sum(len(videos) for videos in by_label.values())
+    target = min(sum(len(v) - 1 for v in eligible.values()), max(1, round(val_fraction * total)))
+    shares = {label: val_fraction * len(videos) for label, videos in eligible.items()}
+    quota = {label: min(len(eligible[label]) - 1, int(share)) for label, share in shares.items()}
+    # Largest remainders first; ties by label, so that the split does not depend on listing order.
+    for label in sorted(shares, key=lambda lb: (-(shares[lb] - int(shares[lb])), str(lb))):
+        if sum(quota.values()) >= target:
+            break
+        if quota[label] < len(eligible[label]) - 1:
+            quota[label] += 1
     held_out: set[str] = set()
-    for videos in by_label.values():
-        if len(videos) < 2:
-            continue
-        ranked = sorted(videos, key=lambda s: video_unit(s, seed))
-        held_out.update(ranked[:min(len(ranked) - 1, max(1, round(val_fraction * len(ranked))))])
+    for label, videos in eligible.items():
+        held_out.update(sorted(videos, key=lambda s: video_unit(s, seed))[: quota[label]])
     return held_out
+
+
+def knn_labels(sources: list[str], labels: list) -> set:
+    """The labels with two or more videos among ``sources``: those validation's kNN accuracy can
+    score, as its folds keep a video's clips together (a label's only video has no neighbour of
+    its own class outside its fold)."""
+    videos: dict = {}
+    for source, label in zip(sources, labels):
+        if label is not None:
+            videos.setdefault(label, set()).add(source)
+    return {label for label, v in videos.items() if len(v) >= 2}
 
 
 def decode_parallelism(cfg: DataConfig) -> int:
@@ -71,10 +91,12 @@ class ClipIndex:
             )
         ]
         ids = [clip_id(s, t) for s, t in zip(self.clips.column("source").to_pylist(), starts)]
-        table = self.clips.set_column(self.clips.schema.get_field_index("start"), "start", pa.array(starts, pa.float64()))
+        table = self.clips.set_column(
+            self.clips.schema.get_field_index("start"), "start", pa.array(starts, pa.float64())
+        )
         return table.set_column(table.schema.get_field_index("clip_id"), "clip_id", pa.array(ids, pa.string()))
 
-    def shuffled(self, seed: int) -> "ClipIndex":
+    def shuffled(self, seed: int) -> ClipIndex:
         """The videos in a seeded random order, each video's clips side by side. The index
         lists a folder-per-class corpus class by class: decoded in that order, a training
         batch would hold a few videos of one class, poor negatives for each other. A video's
@@ -86,13 +108,15 @@ class ClipIndex:
         order = sorted(range(len(sources)), key=lambda i: (rank[sources[i]], i))
         return ClipIndex(self.clips.take(pa.array(order, pa.int64())), self.report)
 
-    def split(self, val_fraction: float, seed: int) -> tuple["ClipIndex", "ClipIndex"]:
+    def split(self, val_fraction: float, seed: int) -> tuple[ClipIndex, ClipIndex]:
         """(train, validation) by source video, so clips of one video never sit on both sides."""
         sources = self.clips.column("source").to_pylist()
         held_out = held_out_sources(sources, self.clips.column("label").to_pylist(), val_fraction, seed)
         mask = pa.array([s in held_out for s in sources], pa.bool_())
-        return (ClipIndex(self.clips.filter(pc.invert(mask)), self.report),
-                ClipIndex(self.clips.filter(mask), SkipReport()))
+        return (
+            ClipIndex(self.clips.filter(pc.invert(mask)), self.report),
+            ClipIndex(self.clips.filter(mask), SkipReport()),
+        )
 
     def write(self, uri: str, endpoint_override: str | None = None) -> None:
         fs, path = filesystem_for(uri, endpoint_override)

@@ -10,7 +10,7 @@ a batch takes them through :func:`batch_labels`, which also mends shards written
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa

@@ -13,8 +13,8 @@ rows and are read back with ``ray.data.read_parquet``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,7 +24,7 @@ import ray
 from avray import console
 from avray.cluster import on_driver_node
 from avray.config import DataConfig
-from avray.data.index import ClipIndex, build_clip_index, decode_parallelism, held_out_sources
+from avray.data.index import ClipIndex, build_clip_index, decode_parallelism, held_out_sources, knn_labels
 from avray.data.labels import label_or_none, labelled_count
 from avray.data.report import SkipLog, SkipReport
 from avray.data.shards import Clips, DataSource, count_prepared, read_prepared, resolve_source, write_prepared
@@ -71,8 +71,9 @@ def decode_dataset(index: ClipIndex, cfg: DataConfig, epoch: int = 0, epoch_cloc
     # that the last tasks end together and a task lost with its node is cheap to run again.
     parallelism = decode_parallelism(cfg)
     per_task = min(MAX_CLIPS_PER_TASK, max(cfg.decode_batch_size, -(-table.num_rows // (2 * parallelism))))
-    tasks = [table.slice(start, length) for start, length in video_batches(table.column("source").to_pylist(),
-                                                                          per_task)]
+    tasks = [
+        table.slice(start, length) for start, length in video_batches(table.column("source").to_pylist(), per_task)
+    ]
     skip_log = on_driver_node(SkipLog).remote()
     dataset = ray.data.from_arrow(tasks).map_batches(
         decode_clip_stream,
@@ -104,7 +105,9 @@ def prepare(uri: str, output: str, cfg: DataConfig, progress: Callable[[str], No
     and classes) and write them as prepared shards to ``output``; report progress and skips."""
     start = time.perf_counter()
     index = build_clip_index(uri, cfg)
-    progress(f"indexed {index.num_videos} videos -> {index.clips.num_rows} clips in {time.perf_counter() - start:.1f} s")
+    progress(
+        f"indexed {index.num_videos} videos -> {index.clips.num_rows} clips in {time.perf_counter() - start:.1f} s"
+    )
     clips = decode_dataset(index.shuffled(cfg.seed), cfg)  # refuses an index without clips, before a bar
     with console.bar("decode", "decoding", total=index.clips.num_rows):
         report = write_prepared(clips, output, cfg)
@@ -127,6 +130,7 @@ class TrainingData:
     train_labelled: int = 0  # training clips that carry a label
     val_labelled: int = 0  # held-out clips that carry a label
     val_classes: int = 0  # distinct labels among them
+    val_knn_labels: int = 0  # labels with two or more held-out videos (avray.data.index.knn_labels)
 
 
 def _keep_split(batch: pa.Table, held_out_videos: pa.Array, held_out: bool) -> pa.Table:
@@ -146,20 +150,34 @@ def training_data(source: str | DataSource, cfg: DataConfig) -> TrainingData:
     if source.prepared:
         clips = read_prepared(source, cfg, shuffle_files=True)
         rows = pads.dataset(source.path, filesystem=source.filesystem, format="parquet").to_table(
-            columns=["source", "label"])
+            columns=["source", "label"]
+        )
         sources = rows.column("source").to_pylist()
         labels = [label_or_none(v) for v in rows.column("label").to_pylist()]
         held_out_videos = held_out_sources(sources, labels, cfg.val_fraction, cfg.seed)
         n_val = sum(s in held_out_videos for s in sources)
-        val_labelled, val_classes = labelled_count(label for s, label in zip(sources, labels) if s in held_out_videos)
+        held = [(s, label) for s, label in zip(sources, labels) if s in held_out_videos]
+        val_labelled, val_classes = labelled_count(label for _, label in held)
+        val_knn = len(knn_labels([s for s, _ in held], [label for _, label in held]))
         train_labelled = labelled_count(label for s, label in zip(sources, labels) if s not in held_out_videos)[0]
         split = lambda held_out: clips.dataset.map_batches(  # noqa: E731
-            _keep_split, fn_kwargs={"held_out_videos": pa.array(sorted(held_out_videos), pa.string()), "held_out": held_out},
-            batch_format="pyarrow")
+            _keep_split,
+            fn_kwargs={"held_out_videos": pa.array(sorted(held_out_videos), pa.string()), "held_out": held_out},
+            batch_format="pyarrow",
+        )
         # Shards may hold a video's clips side by side: the training loop's shuffle buffer mixes
         # them (a global shuffle or block reorder would materialise the dataset every epoch).
-        return TrainingData(split(False), split(True) if n_val else None, len(sources) - n_val, n_val, clips,
-                            train_labelled=train_labelled, val_labelled=val_labelled, val_classes=val_classes)
+        return TrainingData(
+            split(False),
+            split(True) if n_val else None,
+            len(sources) - n_val,
+            n_val,
+            clips,
+            train_labelled=train_labelled,
+            val_labelled=val_labelled,
+            val_classes=val_classes,
+            val_knn_labels=val_knn,
+        )
     index = build_clip_index(uri, cfg)
     train_index, val_index = index.split(cfg.val_fraction, cfg.seed)
     if train_index.clips.num_rows == 0:
@@ -169,7 +187,17 @@ def training_data(source: str | DataSource, cfg: DataConfig) -> TrainingData:
     train = decode_dataset(train_index, cfg, epoch_clock=clock)
     val = decode_dataset(val_index, cfg) if val_index.clips.num_rows else None
     val_labelled, val_classes = labelled_count(val_index.clips.column("label").to_pylist())
-    return TrainingData(train.dataset, val.dataset if val else None, train_index.clips.num_rows,
-                        val_index.clips.num_rows, train, clock,
-                        train_labelled=labelled_count(train_index.clips.column("label").to_pylist())[0],
-                        val_labelled=val_labelled, val_classes=val_classes)
+    return TrainingData(
+        train.dataset,
+        val.dataset if val else None,
+        train_index.clips.num_rows,
+        val_index.clips.num_rows,
+        train,
+        clock,
+        train_labelled=labelled_count(train_index.clips.column("label").to_pylist())[0],
+        val_labelled=val_labelled,
+        val_classes=val_classes,
+        val_knn_labels=len(
+            knn_labels(val_index.clips.column("source").to_pylist(), val_index.clips.column("label").to_pylist())
+        ),
+    )

@@ -50,7 +50,7 @@ class SkipReport:
         self.skipped.setdefault(uri, (reason, detail))
         self.skipped_clips += clips
 
-    def merge(self, other: "SkipReport") -> "SkipReport":
+    def merge(self, other: SkipReport) -> SkipReport:
         for uri, (reason, detail) in other.skipped.items():
             self.skipped.setdefault(uri, (reason, detail))
         self.skipped_clips += other.skipped_clips

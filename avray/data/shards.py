@@ -72,12 +72,16 @@ def check_inputs(cfg: Config, source: DataSource) -> None:
     """A trained model reads what it was trained on: clips, or features of the same shapes."""
     shapes = source.feature_shapes
     if cfg.model.inputs == "clips" and shapes is not None:
-        raise ConfigError(f"{source.uri!r} holds frozen-encoder features, but this model reads clips: give it "
-                          "videos or prepared clips")
+        raise ConfigError(
+            f"{source.uri!r} holds frozen-encoder features, but this model reads clips: give it "
+            "videos or prepared clips"
+        )
     if cfg.model.inputs == "features" and shapes != cfg.model.feature_shapes():
-        raise ConfigError(f"this model reads frozen features shaped {cfg.model.feature_shapes()} and {source.uri!r} "
-                          f"holds {'none' if shapes is None else shapes}: extract them with "
-                          "workflows/extract_features.py and the same frozen encoders and frozen.tokens")
+        raise ConfigError(
+            f"this model reads frozen features shaped {cfg.model.feature_shapes()} and {source.uri!r} "
+            f"holds {'none' if shapes is None else shapes}: extract them with "
+            "workflows/extract_features.py and the same frozen encoders and frozen.tokens"
+        )
 
 
 def for_inputs(cfg: Config, source: DataSource) -> Config:
@@ -87,11 +91,14 @@ def for_inputs(cfg: Config, source: DataSource) -> Config:
     if shapes is None:
         check_inputs(cfg, source)
         return cfg
-    return with_overrides(cfg, {
-        "model.inputs": "features",
-        **{f"model.{name}_feature_dim": shape[-1] for name, shape in shapes.items()},
-        **{f"model.{name}_feature_tokens": shape[0] if len(shape) == 2 else 0 for name, shape in shapes.items()},
-    })
+    return with_overrides(
+        cfg,
+        {
+            "model.inputs": "features",
+            **{f"model.{name}_feature_dim": shape[-1] for name, shape in shapes.items()},
+            **{f"model.{name}_feature_tokens": shape[0] if len(shape) == 2 else 0 for name, shape in shapes.items()},
+        },
+    )
 
 
 @dataclass
@@ -135,8 +142,13 @@ def read_prepared(source: str | DataSource, cfg: DataConfig, shuffle_files: bool
         details = ", ".join(f"{k}: shards {shapes.get(k)} vs config {getattr(cfg, k)}" for k in mismatched)
         raise SourceError(f"prepared clips at {source.uri!r} do not match the config ({details}); re-run prepare.py")
     shuffle = ray.data.FileShuffleConfig(seed=cfg.seed, reseed_after_execution=True) if shuffle_files else None
-    dataset = ray.data.read_parquet(source.path, filesystem=source.filesystem, file_extensions=["parquet"],
-                                    num_cpus=cfg.cpus_per_decode_task, shuffle=shuffle)
+    dataset = ray.data.read_parquet(
+        source.path,
+        filesystem=source.filesystem,
+        file_extensions=["parquet"],
+        num_cpus=cfg.cpus_per_decode_task,
+        shuffle=shuffle,
+    )
     return Clips(dataset)
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Sequence
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -23,6 +23,8 @@ from avray.data.labels import label_or_none
 from avray.storage import SourceError, filesystem_for, join_uri
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
+
+
 @dataclass(frozen=True)
 class VideoRef:
     """One video: ``path`` as the filesystem sees it (``bucket/key`` for S3), ``uri`` as the user wrote it."""

@@ -8,7 +8,7 @@ and leaves it out, so one bad video cannot stop a job over ten thousand.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import ray
@@ -36,8 +36,11 @@ def probe_videos(batch: dict[str, np.ndarray], cfg: DataConfig) -> dict[str, np.
             values = (0.0, False, 0, 0, 0.0, *skip_reason(err, UNREADABLE))
         for name, value in zip(PROBE_COLUMNS, (str(uri), label, *values)):
             rows[name].append(value)
-    columns = {name: np.asarray(values, dtype=object if name in ("source", "reason", "detail") else None)
-               for name, values in rows.items() if name != "label"}
+    columns = {
+        name: np.asarray(values, dtype=object if name in ("source", "reason", "detail") else None)
+        for name, values in rows.items()
+        if name != "label"
+    }
     return {**columns, "label": label_column(rows["label"])}
 
 
@@ -86,13 +89,17 @@ def random_start(source: str, slot: int, video_duration: float, cfg: DataConfig,
 #         the clip-row contract (label: an Arrow string column, null where missing); clips
 #         that cannot be decoded are reported, not returned.
 #         With an epoch clock and random sampling, starts are re-drawn for the clock's epoch.
-def decode_clips(batch: dict[str, np.ndarray], cfg: DataConfig, skip_log=None, epoch_clock=None) -> dict[str, np.ndarray]:
+def decode_clips(
+    batch: dict[str, np.ndarray], cfg: DataConfig, skip_log=None, epoch_clock=None
+) -> dict[str, np.ndarray]:
     starts = [float(t) for t in batch["start"]]
     ids = list(batch["clip_id"])
     if epoch_clock is not None and cfg.sampling == "random":
         epoch = ray.get(epoch_clock.get.remote())
-        starts = [random_start(str(s), int(slot), float(d), cfg, epoch)
-                  for s, slot, d in zip(batch["source"], batch["slot"], batch["video_duration"])]
+        starts = [
+            random_start(str(s), int(slot), float(d), cfg, epoch)
+            for s, slot, d in zip(batch["source"], batch["slot"], batch["video_duration"])
+        ]
         ids = [clip_id(str(s), t) for s, t in zip(batch["source"], starts)]
     by_video: dict[str, list[int]] = {}
     for i, source in enumerate(batch["source"]):
@@ -142,8 +149,9 @@ def video_batches(sources: list[str], size: int) -> list[tuple[int, int]]:
 # INPUT:  the rows decode_clips takes, for many videos (a long decode task)
 # OUTPUT: decode_clips' clip rows, yielded every data.decode_batch_size clips as they are
 #         decoded, so that memory stays flat and the consumer gets them without waiting
-def decode_clip_stream(batch: dict[str, np.ndarray], cfg: DataConfig, skip_log=None,
-                       epoch_clock=None) -> Iterator[dict[str, np.ndarray]]:
+def decode_clip_stream(
+    batch: dict[str, np.ndarray], cfg: DataConfig, skip_log=None, epoch_clock=None
+) -> Iterator[dict[str, np.ndarray]]:
     for start, length in video_batches([str(s) for s in batch["source"]], cfg.decode_batch_size):
-        yield decode_clips({k: v[start:start + length] for k, v in batch.items()}, cfg, skip_log, epoch_clock)
+        yield decode_clips({k: v[start : start + length] for k, v in batch.items()}, cfg, skip_log, epoch_clock)
         console.tick("decode", advance=length)

@@ -32,7 +32,8 @@ from torch import nn
 from avray import console
 from avray.checkpoint import load_state, save_state
 from avray.config import AugmentConfig, Config, config_from_dict, with_overrides
-from avray.data.labels import batch_labels, labelled_count
+from avray.data.index import knn_labels
+from avray.data.labels import batch_labels
 from avray.metrics import alignment, effective_rank, knn_accuracy, uniformity, zipf_fitness
 from avray.models import build_model
 from avray.models.augment import Augmenter
@@ -180,10 +181,11 @@ def validate(core: Pretrainer, dataset, cfg: Config, device: torch.device) -> di
                 metrics[f"val/effective_rank/{key}"] = effective_rank(values)
                 if key != "fused":
                     metrics[f"val/uniformity/{key}"] = uniformity(values)
-        labelled = np.array([label is not None for label in labels], dtype=bool)
-        if labelled_count(labels)[1] > 1:
+        scorable = knn_labels(sources, labels)
+        if len(scorable) >= 2:
+            scored = np.array([label in scorable for label in labels], dtype=bool)
             metrics["val/knn_accuracy"] = knn_accuracy(
-                embeddings[labelled], np.asarray(labels)[labelled], np.asarray(sources)[labelled]
+                embeddings[scored], np.asarray(labels)[scored], np.asarray(sources)[scored]
             )
     return metrics
 

@@ -154,6 +154,12 @@ def pretrain(cfg: Config, data: str | DataSource, output: str, track: bool = Tru
         f"[avray] {data.num_train_clips} training clips, {data.num_val_clips} held-out clips{labelled}"
         f"{' (read once into the object store)' if cache else ''}"
     )
+    if data.val_labelled and data.val_knn_labels < 2:
+        console.say(
+            "[avray] no val/knn_accuracy: it needs two or more held-out videos of each of two labels, and "
+            f"data.val_fraction={cfg.data.val_fraction} holds out {data.num_val_clips} clips of "
+            f"{data.val_knn_labels or 'no'} such label(s); raise it to score kNN"
+        )
     # Before the MLflow run is created: a batch the clips cannot fill leaves nothing behind.
     total_steps = cfg.train.epochs * steps_per_epoch(cfg, data, scaling(cfg).num_workers)
     tracker = start_job_run(cfg, output) if track else None

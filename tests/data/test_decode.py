@@ -30,8 +30,9 @@ def clicks(seconds: float, rate: int, at=(1.0, 2.0, 3.0), channels=1):
 def pcm_video(tmp_path_factory):
     """Lossless audio (PCM in .mov) so timing can be checked to the millisecond."""
     path = tmp_path_factory.mktemp("decode") / "ramp.mov"
-    write_media(path, frames=ramp_video(4.0, 24), audio=clicks(4.0, 22050), fps=24, sample_rate=22050,
-                audio_codec="pcm_s16le")
+    write_media(
+        path, frames=ramp_video(4.0, 24), audio=clicks(4.0, 22050), fps=24, sample_rate=22050, audio_codec="pcm_s16le"
+    )
     return str(path)
 
 
@@ -99,7 +100,7 @@ def test_probe_reports_duration_and_rejects_unusable_files(tmp_path, pcm_video):
     cases["empty.mp4"] = EMPTY
     (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(0).bytes(20_000))
     cases["noise.mp4"] = UNREADABLE
-    good = (tmp_path / "good.mp4")
+    good = tmp_path / "good.mp4"
     write_media(good, frames=ramp_video(3.0, 24), audio=clicks(3.0, 16000), fps=24, sample_rate=16000)
     (tmp_path / "truncated.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     cases["truncated.mp4"] = UNREADABLE
@@ -129,8 +130,10 @@ def test_clips_of_one_video_decode_in_shared_passes_exactly_as_one_by_one(pcm_vi
         alone = decode_clip(pcm_video, start, DataConfig(clip_seconds=0.5))
         assert np.array_equal(clip.video, alone.video), start
         # One resampler for the pass, not one per window: the same audio to within a sample's phase.
-        assert np.array_equal(_onsets(clip.audio), _onsets(alone.audio)) or \
-            np.abs(_onsets(clip.audio) - _onsets(alone.audio)).max() <= 1, start
+        assert (
+            np.array_equal(_onsets(clip.audio), _onsets(alone.audio))
+            or np.abs(_onsets(clip.audio) - _onsets(alone.audio)).max() <= 1
+        ), start
 
 
 def test_a_window_beyond_the_video_fails_alone(pcm_video):

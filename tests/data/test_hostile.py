@@ -113,7 +113,7 @@ def test_listing_ends_on_symlink_loops_and_keeps_what_is_not_a_file(tmp_path):
     (tmp_path / "videos" / os.fsdecode(b"caf\xe9.mp4")).write_bytes(b"x")
     (tmp_path / "outside.mp4").write_bytes(b"x")
     refs = list_videos(str(tmp_path / "videos"), (".mp4", ".mkv"))
-    names = [ref.uri[len(str(tmp_path / "videos")) + 1:] for ref in refs]
+    names = [ref.uri[len(str(tmp_path / "videos")) + 1 :] for ref in refs]
     assert names == ["a.mp4", "caf\\xe9.mp4", "dangling.mp4", "fifo.mp4", "folder.mp4/b.mkv", "self.mp4"]
 
 
@@ -186,8 +186,12 @@ def test_an_unforeseen_error_skips_the_file_and_not_the_job(monkeypatch):
     probed = stages.probe_videos({"uri": np.array(["x.mp4"], object), "label": np.array([None], object)}, CFG)
     assert list(probed["reason"]) == [UNREADABLE] and "RuntimeError: PyAV surprised us" in probed["detail"][0]
     log = RecordingSkipLog()
-    batch = {"source": np.array(["x.mp4", "x.mp4"], object), "start": np.array([0.0, 1.0]),
-             "clip_id": np.array(["x@0", "x@1"], object), "label": np.array([None, None], object)}
+    batch = {
+        "source": np.array(["x.mp4", "x.mp4"], object),
+        "start": np.array([0.0, 1.0]),
+        "clip_id": np.array(["x@0", "x@1"], object),
+        "label": np.array([None, None], object),
+    }
     decoded = stages.decode_clips(batch, CFG, skip_log=log)
     assert len(decoded["clip_id"]) == 0
     # Both clips of the file are skipped and counted, in one report.

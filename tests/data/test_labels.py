@@ -52,8 +52,11 @@ def _labels_by_source(dataset) -> dict[str, set]:
 def test_labels_survive_decoding_the_object_store_and_shards(ray_local, manifest, tmp_path, labels):
     cfg = load_config(None, TINY).data
     source = str(manifest) if labels == "some" else str(manifest.parent)
-    expected = ({"v0.mp4": {"cat"}, "v1.mp4": {None}, "v2.mp4": {"dog"}, "v3.mp4": {None}} if labels == "some"
-                else {f"v{i}.mp4": {None} for i in range(4)})
+    expected = (
+        {"v0.mp4": {"cat"}, "v1.mp4": {None}, "v2.mp4": {"dog"}, "v3.mp4": {None}}
+        if labels == "some"
+        else {f"v{i}.mp4": {None} for i in range(4)}
+    )
     decoded = load_clips(source, cfg)
     assert _labels_by_source(decoded.dataset) == expected
     assert _labels_by_source(decoded.dataset.materialize()) == expected
@@ -69,7 +72,8 @@ def test_shards_with_a_null_label_column_read_as_unlabelled(ray_local, manifest,
     write_prepared(load_clips(str(manifest.parent), cfg), str(tmp_path / "shards"), cfg)
     for shard in (tmp_path / "shards").glob("*.parquet"):
         table = pq.read_table(shard)
-        pq.write_table(table.set_column(table.schema.get_field_index("label"), "label",
-                                        pa.nulls(table.num_rows)), shard)
+        pq.write_table(
+            table.set_column(table.schema.get_field_index("label"), "label", pa.nulls(table.num_rows)), shard
+        )
     for batch in read_prepared(str(tmp_path / "shards"), cfg).dataset.iter_batches(batch_format="numpy"):
         assert batch_labels(batch).tolist() == [None] * len(batch["label"])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from avray.config import DataConfig
-from avray.data.index import build_clip_index, held_out_sources
+from avray.data.index import build_clip_index, held_out_sources, knn_labels
 from avray.data.pipeline import decode_dataset, load_clips
 from avray.data.shards import write_prepared
 from avray.data.sources import SourceError
@@ -109,6 +109,12 @@ def test_epoch_clock_gives_each_epoch_fresh_offsets_in_one_dataset(index, ray_lo
     assert seen[0] != seen[1]
 
 
+def test_knn_can_score_only_labels_with_two_held_out_videos():
+    sources = ["a/1", "a/1", "a/2", "b/1", "c/1", "c/2", "u/1", "u/2"]
+    labels = ["a", "a", "a", "b", "c", "c", None, None]
+    assert knn_labels(sources, labels) == {"a", "c"}
+
+
 def test_a_flat_folder_gives_unlabelled_clips(ray_local, tmp_path):
     for i in range(2):
         make_good_video(tmp_path / f"v{i}.mp4", seconds=2.0, fps=12, size=48, sample_rate=16000, seed=i)
@@ -124,7 +130,10 @@ def test_validation_split_is_stratified_by_label_and_keeps_videos_whole():
     assert sorted(s.split("/")[2] for s in held_out) == ["a", "a", "b", "b"]
     assert held_out == held_out_sources(list(reversed(sources)), list(reversed(labels)), 0.2, seed=0)
     assert held_out != held_out_sources(sources, labels, 0.2, seed=1)
-    # Tiny corpora still get one held-out video per label, and keep one for training.
+    # A small corpus holds out its share, not a video per label (that was 10 of these 20 videos).
+    small = [f"/c/{label}/v{i}.mp4" for label in range(10) for i in range(2)]
+    assert len(held_out_sources(small, [s.split("/")[2] for s in small], 0.1, seed=0)) == 2
+    # A tiny one still gets one held-out video, and a label keeps one for training.
     assert len(held_out_sources(["x", "y"], [None, None], 0.01, seed=0)) == 1
     assert held_out_sources(["x", "y"], [None, None], 0.0, seed=0) == set()
     assert held_out_sources(["x"], ["a"], 0.5, seed=0) == set()

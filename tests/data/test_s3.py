@@ -31,17 +31,22 @@ def bucket(s3_server, tmp_path_factory):
             make_good_video(path, seconds=3.0, fps=24, size=64, sample_rate=16000, seed=i)
             client.upload_file(str(path), "corpus", f"videos/{cls}/{i}.mp4")
     client.put_object(Bucket="corpus", Key="videos/a/broken.mp4", Body=b"\x00" * 1000)
-    client.put_object(Bucket="corpus", Key="lists/manifest.csv",
-                      Body=b"path,label\n../videos/a/0.mp4,a\ns3://corpus/videos/b/1.mp4,b\n")
+    client.put_object(
+        Bucket="corpus",
+        Key="lists/manifest.csv",
+        Body=b"path,label\n../videos/a/0.mp4,a\ns3://corpus/videos/b/1.mp4,b\n",
+    )
     return "corpus"
 
 
 def test_lists_an_s3_prefix_with_folder_labels(s3_env, bucket):
     refs = list_videos("s3://corpus/videos", (".mp4",))  # endpoint from AWS_ENDPOINT_URL
     assert [(r.uri, r.label) for r in refs] == [
-        ("s3://corpus/videos/a/0.mp4", "a"), ("s3://corpus/videos/a/1.mp4", "a"),
+        ("s3://corpus/videos/a/0.mp4", "a"),
+        ("s3://corpus/videos/a/1.mp4", "a"),
         ("s3://corpus/videos/a/broken.mp4", "a"),
-        ("s3://corpus/videos/b/0.mp4", "b"), ("s3://corpus/videos/b/1.mp4", "b"),
+        ("s3://corpus/videos/b/0.mp4", "b"),
+        ("s3://corpus/videos/b/1.mp4", "b"),
     ]
 
 
@@ -73,9 +78,23 @@ def test_prepare_reads_and_writes_s3(s3_env, bucket):
     s3_server = s3_env
     env = {**os.environ, "RAY_ADDRESS": ""}
     out = subprocess.run(
-        [sys.executable, "workflows/prepare.py", "--data", "s3://corpus/videos", "--output", "s3://corpus/prepared",
-         "--set", "data.clips_per_video=2", "--set", f"data.endpoint_override={s3_server.endpoint}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "workflows/prepare.py",
+            "--data",
+            "s3://corpus/videos",
+            "--output",
+            "s3://corpus/prepared",
+            "--set",
+            "data.clips_per_video=2",
+            "--set",
+            f"data.endpoint_override={s3_server.endpoint}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "wrote 8 clips" in out.stdout and "unreadable" in out.stdout and "broken.mp4" in out.stdout

@@ -20,8 +20,11 @@ def test_folder_per_class_gives_labels(tmp_path):
     touch(tmp_path / "dog" / "UPPER.MKV")
     refs = list_videos(str(tmp_path), EXT)
     assert [(r.uri.rsplit("/", 2)[-2:], r.label) for r in refs] == [
-        (["cat", "0.mp4"], "cat"), (["cat", "1.mp4"], "cat"),
-        (["dog", "0.mp4"], "dog"), (["dog", "1.mp4"], "dog"), (["dog", "UPPER.MKV"], "dog"),
+        (["cat", "0.mp4"], "cat"),
+        (["cat", "1.mp4"], "cat"),
+        (["dog", "0.mp4"], "dog"),
+        (["dog", "1.mp4"], "dog"),
+        (["dog", "UPPER.MKV"], "dog"),
     ]
 
 

@@ -12,7 +12,7 @@ def test_video_batches_cover_every_row_once_and_never_part_a_video():
     batches = video_batches(sources, 4)
     assert batches == [(0, 8), (8, 7)]  # a is short of 4, so b joins it; then c, d and e
     assert sum(length for _, length in batches) == len(sources)
-    for start, length in batches:
+    for start, _ in batches:
         assert start == 0 or sources[start] != sources[start - 1]  # each batch opens a video
     assert video_batches(sources, 1) == [(0, 3), (3, 5), (8, 1), (9, 2), (11, 4)]
     assert video_batches(sources, 100) == [(0, len(sources))]
@@ -26,9 +26,12 @@ def test_a_long_task_yields_a_block_per_batch_with_the_rows_of_one_call(tmp_path
         make_good_video(path, seconds=2.0, fps=12, size=32, sample_rate=16000, seed=i)
         sources += [str(path)] * clips
         starts += [0.5 * k for k in range(clips)]
-    batch = {"source": np.array(sources, object), "start": np.array(starts),
-             "clip_id": np.array([f"{s}@{t}" for s, t in zip(sources, starts)], object),
-             "label": np.array([None] * len(sources), object)}
+    batch = {
+        "source": np.array(sources, object),
+        "start": np.array(starts),
+        "clip_id": np.array([f"{s}@{t}" for s, t in zip(sources, starts)], object),
+        "label": np.array([None] * len(sources), object),
+    }
 
     blocks = list(decode_clip_stream(batch, cfg))
     assert [len(block["clip_id"]) for block in blocks] == [5, 3]  # v0+v1, then v2+v3

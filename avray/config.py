@@ -739,7 +739,11 @@ _DecimalLoader.add_implicit_resolver(
 
 
 def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_DecimalLoader)  # a SafeLoader with one resolver less
+    loader = _DecimalLoader(text)  # a SafeLoader with one resolver less
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

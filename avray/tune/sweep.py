@@ -64,9 +64,10 @@ def tune_losses(cfg: Config, data: str | DataSource, output: str) -> SweepResult
     check_labels_for(cfg.objectives, data.train_labelled, source.uri)
     if data.val is None:
         raise ConfigError("a sweep scores each mixture on held-out clips: set data.val_fraction > 0")
-    if cfg.tune.fitness == "knn" and data.val_classes < 2:
+    if cfg.tune.fitness == "knn" and data.val_knn_labels < 2:
         raise ConfigError(
-            "tune.fitness=knn needs labelled held-out clips of two or more classes; use tune.fitness=zipf"
+            "tune.fitness=knn needs two or more held-out videos of each of two or more labels: raise "
+            "data.val_fraction, or use tune.fitness=zipf"
         )
     steps_per_epoch = data.num_train_clips // cfg.train.batch_size
     if steps_per_epoch == 0:

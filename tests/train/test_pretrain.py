@@ -36,7 +36,13 @@ def corpus(tmp_path_factory):
 
 
 def test_pretrain_logs_to_mlflow_and_resumes(ray_local, corpus, tmp_path):
-    cfg = tiny_config(tmp_path, "train.epochs=2", "train.num_workers=1", "tracking.system_metrics_interval_s=0.5")
+    cfg = tiny_config(
+        tmp_path,
+        "train.epochs=2",
+        "train.num_workers=1",
+        "tracking.system_metrics_interval_s=0.5",
+        "data.val_fraction=0.5",  # two held-out videos of each label: what val/knn_accuracy needs
+    )
     result = pretrain(cfg, corpus, str(tmp_path / "run"))
     assert [h["epoch"] for h in result.history] == [1, 2]
     steps_per_epoch = result.history[0]["global_step"]
@@ -74,7 +80,7 @@ def test_pretrain_logs_to_mlflow_and_resumes(ray_local, corpus, tmp_path):
         np.testing.assert_allclose(embedded[name], direct[name].numpy(), rtol=1e-5, atol=1e-6)
 
     # The same command with more epochs picks up where the first stopped: same run, one more epoch.
-    longer = tiny_config(tmp_path, "train.epochs=3", "train.num_workers=1")
+    longer = tiny_config(tmp_path, "train.epochs=3", "train.num_workers=1", "data.val_fraction=0.5")
     resumed = pretrain(longer, corpus, str(tmp_path / "run"))
     assert resumed.tracker.run_id == result.tracker.run_id
     # The history opens with the restored checkpoint's report; only epoch 3 was trained.

@@ -105,6 +105,7 @@ def test_asha_sweep_with_optuna_runs_to_completion(ray_local, corpus, tmp_path):
         "tune.num_samples=2",
         "tune.cpus_per_trial=0.5",
         "tune.fitness=knn",
+        "data.val_fraction=0.5",  # two held-out videos of each label: what kNN needs
     )
     result = tune_losses(cfg, corpus, str(tmp_path / "asha"))
     assert result.metric == "val/knn_accuracy"

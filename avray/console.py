@@ -20,6 +20,7 @@ import io
 import os
 import re
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -87,14 +88,10 @@ def log_path_for(output: str | None, workflow: str) -> Path:
     from avray.storage import is_remote
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = Path(output) / LOG_FOLDER if output and not is_remote(output) else Path(_temp_dir()) / "avray-logs"
+    folder = (
+        Path(output) / LOG_FOLDER if output and not is_remote(output) else Path(tempfile.gettempdir()) / "avray-logs"
+    )
     return folder / f"{workflow}-{stamp}-{os.getpid()}.log"
-
-
-def _temp_dir() -> str:
-    import tempfile
-
-    return tempfile.gettempdir()
 
 
 class _Console:

@@ -29,11 +29,11 @@ from avray.data.shards import remove_shards
 from avray.data.sources import SourceError
 from avray.models import load_model
 from avray.models.loading import find_model_checkpoint
+from avray.models.outputs import MODALITIES
 from avray.storage import filesystem_for
 
 # The embeddings evaluated and exported: the projection heads (the space where the
 # cross-modal objectives compare audio with video) and the joint embedding.
-MODALITIES = ("audio", "video", "fused")
 ID_COLUMNS = ("clip_id", "source", "start", "label")
 BASELINE_PREFIX = "baseline/"
 # ~100 MB parquet files at default widths (E=128, F=256: about 2 KB per clip).

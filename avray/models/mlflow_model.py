@@ -22,9 +22,9 @@ import numpy as np
 
 from avray.checkpoint import STATE_FILE
 from avray.config import Config
+from avray.models.outputs import MODALITIES
 from avray.tracking import redact
 
-MODALITIES = ("audio", "video", "fused")
 PACKAGE = Path(__file__).resolve().parents[1]  # avray's code, which the model carries
 ARTIFACT = "model"  # the MLflow Model's name in its run
 

@@ -9,6 +9,9 @@ from typing import NamedTuple
 
 from torch import Tensor
 
+# The embeddings a model gives a clip, by the names its outputs, exports and metrics use.
+MODALITIES = ("audio", "video", "fused")
+
 
 class EncoderOutput(NamedTuple):
     """``pooled`` [B, D]: the clip-level feature. ``tokens`` [B, N, D]: the encoder's final

@@ -573,3 +573,58 @@ def make_slow_video(path: str | Path, seconds: float = 10.0, fps: int = 240, key
                 output.mux(copy)
         output.close()
         source.close()
+
+
+# --- Odd timelines, layouts and orientations (issue 22) -----------------------------------
+
+
+def write_timed_streams(
+    path: str | Path,
+    *,
+    frames: np.ndarray,
+    fps: int,
+    audio: np.ndarray,
+    sample_rate: int,
+    layout: str = "mono",
+    video_start: float = 0.0,
+    audio_start: float = 0.0,
+) -> None:
+    """H.264 video and lossless PCM audio (``[C, S]`` float in ``layout``, or ``[S]`` mono), each
+    stream starting at its own time on the container's timeline (``.mov`` writes an empty edit)."""
+    container = av.open(str(path), "w", options={"fflags": "+bitexact"})
+    video = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "threads": "1"})
+    video.height, video.width = frames.shape[1:3]
+    video.pix_fmt = "yuv420p"
+    sound = container.add_stream("pcm_s16le", rate=sample_rate, layout=layout)
+    samples = np.ascontiguousarray(np.atleast_2d(audio), np.float32)
+    first_frame, first_sample = round(video_start * fps), round(audio_start * sample_rate)
+    fed = 0
+
+    def feed_audio(until: int) -> None:
+        nonlocal fed
+        for at in range(fed, min(until, samples.shape[1]), 1024):
+            piece = samples[:, at : min(at + 1024, until)]
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(piece), format="fltp", layout=layout)
+            frame.sample_rate, frame.pts = sample_rate, first_sample + at
+            container.mux(sound.encode(frame))
+        fed = max(fed, min(until, samples.shape[1]))
+
+    for i, rgb in enumerate(frames):
+        # Interleaved by time, as a camera writes: the audio up to this frame, then the frame.
+        feed_audio(round((first_frame + i + 1) / fps * sample_rate) - first_sample)
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+        frame.pts, frame.time_base = first_frame + i, Fraction(1, fps)
+        container.mux(video.encode(frame))
+    feed_audio(samples.shape[1])
+    container.mux(sound.encode(None) + video.encode(None))
+    container.close()
+
+
+# The mp4 track header's display matrix (16.16 fixed point; w in 2.30) that an iPhone writes
+# for portrait footage: frames stored landscape, shown turned 90 degrees clockwise.
+PORTRAIT_MATRIX = (0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30)
+
+
+def with_display_matrix(mp4: bytes, matrix: tuple[int, ...] = PORTRAIT_MATRIX) -> bytes:
+    """``mp4`` with its first track's ``tkhd`` matrix (36 bytes at offset 48) replaced."""
+    return _patch_mp4(mp4, [(b"tkhd", 0, 48 + 4 * i, ">i", value) for i, value in enumerate(matrix)])

@@ -219,10 +219,14 @@ def _video_stream(container: av.container.InputContainer) -> av.video.stream.Vid
 
 
 def _duration(container: av.container.InputContainer, video: av.video.stream.VideoStream, deadline: Deadline) -> float:
+    """Seconds of video from its first frame: the span clips are laid out over (another
+    stream may start sooner or end later)."""
     if video.duration and video.time_base:
         return float(video.duration * video.time_base)
     if container.duration:
-        return container.duration / av.time_base
+        # The container spans every stream from the earliest start: a video that starts
+        # later is taken to run to the container's end.
+        return ((container.start_time or 0) + container.duration) / av.time_base - _start_time(video)
     # Some containers (streamed webm/mkv) declare no duration: read packet timestamps,
     # which demuxes but decodes nothing; a file of endless packets meets the deadline.
     last = 0.0
@@ -267,9 +271,11 @@ def decode_clips_of_video(uri: str, starts: Sequence[float], cfg: DataConfig) ->
     in the order of ``starts``; a window that cannot be decoded gives its SkipError instead.
 
     Frames are sampled at ``cfg.fps`` (the last source frame at or before each sample
-    time), scaled so the short side is ``frame_size`` and centre-cropped square. Audio is
-    resampled to mono ``cfg.sample_rate``, then trimmed or zero-padded to exactly
-    ``clip_seconds`` (AAC pads its output). A video without audio gets silence.
+    time), scaled so the short side is ``frame_size``, centre-cropped square and turned
+    upright. Audio is downmixed and resampled to mono ``cfg.sample_rate``, then trimmed or
+    zero-padded to exactly ``clip_seconds`` (AAC pads its output). Starts count from the
+    video's first frame, on the container's timeline that the audio is placed on too. A
+    video without audio gets silence.
 
     The file is opened once. Windows that overlap or nearly touch (K uniform clips of a
     short video always do) are decoded in one pass from one seek: every source frame is
@@ -316,8 +322,9 @@ def _decode_pass(
     windows = [_FrameSampler(start, cfg, converted) for start in starts]
     end = starts[-1] + cfg.clip_seconds
     audio = _AudioTrack(starts[0], end, cfg.sample_rate) if audio_stream is not None else None
+    # Clip times count from the video's first frame on the container's timeline, for both
+    # streams: audio that starts later or ends sooner than the video is silence there.
     video_t0 = _start_time(video_stream)
-    audio_t0 = _start_time(audio_stream) if audio_stream is not None else 0.0
     failure: SkipError | None = None
     try:
         _seek(container, video_stream, starts[0] + video_t0)
@@ -334,7 +341,7 @@ def _decode_pass(
                         for window in windows:
                             window.offer(frame, frame.time - video_t0)
                 elif audio is not None and frame.time is not None:
-                    audio.offer(frame, frame.time - audio_t0)
+                    audio.offer(frame, frame.time - video_t0)
             if windows[-1].done and (audio is None or audio.done):
                 break
     except av.FFmpegError as err:
@@ -420,8 +427,8 @@ class _FrameSampler:
 
 
 class _Converter:
-    """Source frames as ``size`` x ``size`` RGB, each converted once however many overlapping
-    windows keep it (frames are told apart by their timestamp)."""
+    """Source frames as ``size`` x ``size`` RGB, upright, each converted once however many
+    overlapping windows keep it (frames are told apart by their timestamp)."""
 
     def __init__(self, size: int):
         self.size = size
@@ -436,13 +443,24 @@ class _Converter:
 
 
 def _square(frame: av.VideoFrame, size: int) -> np.ndarray:
-    """Scale (in libswscale) so the short side is ``size``, then centre-crop to size x size."""
+    """Scale (in libswscale) so the short side is ``size``, centre-crop to size x size, and
+    turn upright."""
     w, h = frame.width, frame.height
     scale = size / min(w, h)
     sw, sh = max(size, round(w * scale)), max(size, round(h * scale))
     rgb = frame.reformat(width=sw, height=sh, format="rgb24").to_ndarray()
     top, left = (sh - size) // 2, (sw - size) // 2
-    return rgb[top : top + size, left : left + size]
+    return _upright(rgb[top : top + size, left : left + size], frame.rotation)
+
+
+def _upright(square: np.ndarray, rotation: float) -> np.ndarray:
+    """``square`` turned as the display matrix says (phone footage is stored sideways).
+
+    PyAV's ``rotation`` is counterclockwise degrees, as ``np.rot90`` turns; the centre
+    crop was taken first, which a quarter turn commutes with. Other angles go to the
+    nearest quarter turn; a mirroring in the matrix is not applied.
+    """
+    return np.rot90(square, k=round(rotation / 90) % 4)
 
 
 class _AudioTrack:
@@ -450,7 +468,10 @@ class _AudioTrack:
 
     def __init__(self, start: float, end: float, rate: int):
         self.start, self.end, self.rate = start, end, rate
-        self.resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        # libswresample weights the channels (centre 1, front 0.71, surround 0.5, LFE 0) and
+        # scales the weights to sum to 1 only when told a ceiling: for float output it has
+        # none, and a loud 5.1 or stereo mix summed past full scale.
+        self.resampler = av.AudioResampler(format="flt", layout="mono", rate=rate, options={"rematrix_maxval": "1"})
         self.chunks: list[np.ndarray] = []
         self.first_time: float | None = None
         self.samples = 0

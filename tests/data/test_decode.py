@@ -1,5 +1,6 @@
 from fractions import Fraction
 
+import av
 import numpy as np
 import pytest
 
@@ -8,6 +9,7 @@ from avray.data import decode
 from avray.data.decode import decode_clip, decode_clips_of_video, probe
 from avray.data.report import DECODE_ERROR, EMPTY, NO_VIDEO_STREAM, TOO_SHORT, UNREADABLE, SkipError
 from avray.demo.media import write_media
+from tests.media import with_display_matrix, write_timed_streams
 
 CFG = DataConfig()
 
@@ -140,3 +142,100 @@ def test_a_window_beyond_the_video_fails_alone(pcm_video):
     clips = decode_clips_of_video(pcm_video, [0.5, 30.0], CFG)
     assert clips[0].video.shape == (CFG.num_frames, CFG.frame_size, CFG.frame_size, 3)
     assert isinstance(clips[1], SkipError) and clips[1].reason == DECODE_ERROR
+
+
+def click_times(audio: np.ndarray, rate: int = CFG.sample_rate) -> np.ndarray:
+    """Seconds into the clip at which each click rises above half its height."""
+    return (np.flatnonzero(np.diff((np.abs(audio) > 0.4).astype(int)) == 1) + 1) / rate
+
+
+@pytest.mark.parametrize("suffix", [".mov", ".mkv"])
+@pytest.mark.parametrize("video_start, audio_start", [(0.0, 0.94), (0.5, 0.0)])
+@pytest.mark.parametrize("clip_start", [0.0, 0.5])
+def test_streams_that_start_apart_are_aligned_on_the_container_timeline(
+    tmp_path, suffix, video_start, audio_start, clip_start
+):
+    # Clicks at 1.3 and 2.0 s of the file's timeline, whichever stream starts first; both
+    # streams end together, 3 s after the video starts.
+    path = tmp_path / f"apart{suffix}"
+    clicks_at = np.array([1.3, 2.0])
+    write_timed_streams(
+        path,
+        frames=ramp_video(3.0, 24, 32, 32),
+        fps=24,
+        audio=clicks(3.0 + video_start - audio_start, 16000, at=clicks_at - audio_start),
+        sample_rate=16000,
+        video_start=video_start,
+        audio_start=audio_start,
+    )
+    assert probe(str(path), CFG).duration == pytest.approx(3.0, abs=0.05)  # the video's, from its first frame
+    clip = decode_clip(str(path), clip_start, CFG)
+    # Clip time 0 is the video's first frame, at video_start on the timeline.
+    expected = [t for t in clicks_at - video_start - clip_start if 0 <= t < 2.0]
+    np.testing.assert_allclose(click_times(clip.audio), expected, atol=0.002)
+    silent = max(0, int((audio_start - video_start - clip_start) * 16000))
+    assert silent == 0 or not clip.audio[:silent].any()  # before the audio starts
+    levels = np.floor((clip_start + np.arange(16) / 8) * 24 + 1e-6) * 4 % 256
+    np.testing.assert_allclose(clip.video[:, 16, 16, 0], levels, atol=6)
+
+
+def test_audio_that_ends_before_the_video_is_followed_by_silence(tmp_path):
+    path = tmp_path / "short audio.mov"
+    rate = 16000
+    write_timed_streams(
+        path, frames=ramp_video(3.0, 24, 32, 32), fps=24, audio=np.full(rate, 0.3, np.float32), sample_rate=rate
+    )
+    clip = decode_clip(str(path), 0.5, CFG)
+    assert np.abs(clip.audio[: int(0.45 * rate)] - 0.3).max() < 0.01  # the last half second of audio
+    assert np.abs(clip.audio[int(0.55 * rate) :]).max() < 0.01
+    assert clip.video.shape[0] == CFG.num_frames
+
+
+@pytest.mark.parametrize(
+    "layout, levels, mono",
+    [
+        ("5.1", [0.3] * 6, 0.3),  # every channel at 0.3: the weights sum to one
+        ("stereo", [0.6, 0.0], 0.3),  # the mean of left and right
+    ],
+)
+def test_multichannel_audio_is_downmixed_by_weights_without_clipping(tmp_path, layout, levels, mono):
+    path = tmp_path / f"{layout}.mov"
+    wave = np.sin(2 * np.pi * 440 * np.arange(3 * 16000) / 16000).astype(np.float32)
+    write_timed_streams(
+        path,
+        frames=ramp_video(3.0, 24, 32, 32),
+        fps=24,
+        audio=np.asarray(levels, np.float32)[:, None] * wave,
+        sample_rate=16000,
+        layout=layout,
+    )
+    clip = decode_clip(str(path), 0.5, CFG)
+    np.testing.assert_allclose(clip.audio, mono * wave[8000:40000], atol=0.002)
+
+
+def _marked_square() -> np.ndarray:
+    """2 s of 64x64 frames, dark, with a bright block in the top-left corner."""
+    frames = np.full((48, 64, 64, 3), 30, np.uint8)
+    frames[:, :20, :20] = 230
+    return frames
+
+
+@pytest.mark.parametrize(
+    "matrix, quarter_turns",
+    [
+        ((0, 1, 0, -1, 0, 0), -1),  # an iPhone held upright: shown turned clockwise
+        ((-1, 0, 0, 0, -1, 0), 2),  # upside down
+        ((0, -1, 0, 1, 0, 0), 1),  # shown turned counterclockwise
+    ],
+)
+def test_the_display_matrix_turns_frames_upright(tmp_path, matrix, quarter_turns):
+    plain = tmp_path / "plain.mp4"
+    write_media(plain, frames=_marked_square(), fps=24)
+    turned = tmp_path / "turned.mp4"
+    turned.write_bytes(with_display_matrix(plain.read_bytes(), (*[v << 16 for v in matrix], 0, 0, 1 << 30)))
+    with av.open(str(turned)) as container:  # the file carries what the test means
+        assert next(container.decode(video=0)).rotation % 360 == 90 * quarter_turns % 360
+    upright = decode_clip(str(turned), 0.0, CFG).video
+    stored = decode_clip(str(plain), 0.0, CFG).video
+    assert stored[:, :8, :8].mean() > 200 and stored[:, -8:, -8:].mean() < 60
+    np.testing.assert_array_equal(upright, np.rot90(stored, quarter_turns, axes=(1, 2)))

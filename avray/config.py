@@ -50,7 +50,8 @@ class DataConfig:
     decode_batch_size: int = 16
     # CPUs reserved per decode task (fractions let small test clusters share cores).
     cpus_per_decode_task: float = 1.0
-    # Wall-clock limit for decoding one clip; a file that hangs PyAV is skipped.
+    # Wall-clock limit for probing a file, and for decoding the clips a task asks of it, all
+    # of them together; a file that hangs PyAV is skipped, keeping the clips done by then.
     decode_timeout_s: float = 60.0
     # Fraction of source videos held out for validation (split by video, never by clip).
     val_fraction: float = 0.1

@@ -66,7 +66,8 @@ def _cached_filesystem(scheme_netloc: str, endpoint_override: str | None) -> paf
 
 
 class Deadline:
-    """The wall-clock limit (``data.decode_timeout_s``) on probing a file or decoding a clip.
+    """The wall-clock limit (``data.decode_timeout_s``) on probing a file or on decoding the
+    clips asked of it, all of them together.
 
     Checked before every packet and handed to PyAV for its open and reads, so neither a
     file that is slow to decode nor one that never ends (a demux loop over millions of
@@ -280,12 +281,13 @@ def decode_clips_of_video(uri: str, starts: Sequence[float], cfg: DataConfig) ->
     The file is opened once. Windows that overlap or nearly touch (K uniform clips of a
     short video always do) are decoded in one pass from one seek: every source frame is
     decoded once, converted once however many windows keep it, and the audio is resampled
-    once; a gap longer than a clip is sought over instead. Each pass has
-    ``decode_timeout_s`` per window in it. Raises SkipError when the file itself is unusable.
+    once; a gap longer than a clip is sought over instead. ``decode_timeout_s`` bounds the
+    whole call: the windows decoded by then are kept, the rest are TIMEOUT skips. Raises
+    SkipError when the file itself is unusable.
     """
     results: list[DecodedClip | SkipError | None] = [None] * len(starts)
     order = sorted(range(len(starts)), key=lambda i: starts[i])
-    deadline = Deadline(cfg.decode_timeout_s, "opening")
+    deadline = Deadline(cfg.decode_timeout_s, f"opening and decoding {len(starts)} clip(s)")
     with open_media(uri, deadline, cfg.endpoint_override) as container:
         video_stream = _video_stream(container)
         video_stream.codec_context.thread_count = 1
@@ -296,7 +298,7 @@ def decode_clips_of_video(uri: str, starts: Sequence[float], cfg: DataConfig) ->
         for run in _passes([starts[i] for i in order], cfg.clip_seconds):
             indices = order[: len(run)]
             order = order[len(run) :]
-            for i, clip in zip(indices, _decode_pass(container, video_stream, audio_stream, run, cfg)):
+            for i, clip in zip(indices, _decode_pass(container, video_stream, audio_stream, run, cfg, deadline)):
                 results[i] = clip
     return results
 
@@ -314,10 +316,9 @@ def _passes(sorted_starts: list[float], clip_seconds: float) -> list[list[float]
 
 
 def _decode_pass(
-    container, video_stream, audio_stream, starts: list[float], cfg: DataConfig
+    container, video_stream, audio_stream, starts: list[float], cfg: DataConfig, deadline: Deadline
 ) -> list[DecodedClip | SkipError]:
     """The windows at ``starts`` (sorted) decoded from one seek, in one pass over the packets."""
-    deadline = Deadline(cfg.decode_timeout_s * len(starts), f"decoding {len(starts)} overlapping clip(s)")
     converted = _Converter(cfg.frame_size)
     windows = [_FrameSampler(start, cfg, converted) for start in starts]
     end = starts[-1] + cfg.clip_seconds

@@ -1,4 +1,5 @@
 from fractions import Fraction
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 from avray.config import DataConfig
 from avray.data import decode
 from avray.data.decode import decode_clip, decode_clips_of_video, probe
-from avray.data.report import DECODE_ERROR, EMPTY, NO_VIDEO_STREAM, TOO_SHORT, UNREADABLE, SkipError
+from avray.data.report import DECODE_ERROR, EMPTY, NO_VIDEO_STREAM, TIMEOUT, TOO_SHORT, UNREADABLE, SkipError
 from avray.demo.media import write_media
 from tests.media import with_display_matrix, write_timed_streams
 
@@ -239,3 +240,23 @@ def test_the_display_matrix_turns_frames_upright(tmp_path, matrix, quarter_turns
     stored = decode_clip(str(plain), 0.0, CFG).video
     assert stored[:, :8, :8].mean() > 200 and stored[:, -8:, -8:].mean() < 60
     np.testing.assert_array_equal(upright, np.rot90(stored, quarter_turns, axes=(1, 2)))
+
+
+def test_the_time_limit_bounds_all_the_clips_of_a_file_together(pcm_video, monkeypatch):
+    # Three windows far apart: three passes, each made to cost 6 s (of a fake clock) at its seek.
+    clock = [0.0]
+    real_seek = decode._seek
+
+    def slow_seek(*args):
+        clock[0] += 6.0
+        return real_seek(*args)
+
+    monkeypatch.setattr(decode, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(decode, "_seek", slow_seek)
+    first, second, third = decode_clips_of_video(
+        pcm_video, [0.0, 1.7, 3.4], DataConfig(clip_seconds=0.5, decode_timeout_s=10.0)
+    )
+    assert isinstance(first, decode.DecodedClip)  # decoded within the limit: kept
+    for late in (second, third):
+        assert isinstance(late, SkipError) and late.reason == TIMEOUT
+        assert "decoding 3 clip(s) took over 10 s" in late.detail, late.detail

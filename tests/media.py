@@ -487,11 +487,12 @@ def _patch_riff(data: bytes, edits) -> bytes:
 
 
 def _patch_mkv_duration(data: bytes, milliseconds: float) -> bytes:
-    """The Segment Info ``Duration`` (EBML id 0x4489, a float in the 1 ms default timecode scale)."""
+    """The Segment Info ``Duration`` (EBML id 0x4489, a float in the 1 ms default timecode scale),
+    with the per-track ``DURATION`` tags renamed, so that the segment's is the only one left."""
     at = data.index(b"\x44\x89")
     size = data[at + 2] & 0x0F
     assert data[at + 2] in (0x84, 0x88), "Duration is a 4- or 8-byte float"
-    out = bytearray(data)
+    out = bytearray(data.replace(b"DURATION", b"DURATIOX"))
     struct.pack_into(">d" if size == 8 else ">f", out, at + 3, milliseconds)
     return bytes(out)
 

@@ -224,17 +224,36 @@ def _duration(container: av.container.InputContainer, video: av.video.stream.Vid
     stream may start sooner or end later)."""
     if video.duration and video.time_base:
         return float(video.duration * video.time_base)
+    return _video_end(container, video, deadline) - _start_time(video)
+
+
+def _video_end(container: av.container.InputContainer, video: av.video.stream.VideoStream, deadline: Deadline) -> float:
+    """Where the video ends on the container's timeline, for containers that declare no
+    per-stream duration."""
+    tagged = _matroska_track_end(video)
+    if tagged is not None:
+        return tagged
     if container.duration:
-        # The container spans every stream from the earliest start: a video that starts
-        # later is taken to run to the container's end.
-        return ((container.start_time or 0) + container.duration) / av.time_base - _start_time(video)
+        # The container's span ends with its longest stream: taken as the video's end.
+        return ((container.start_time or 0) + container.duration) / av.time_base
     # Some containers (streamed webm/mkv) declare no duration: read packet timestamps,
     # which demuxes but decodes nothing; a file of endless packets meets the deadline.
     last = 0.0
     for packet in _packets(container, deadline, video):
         if packet.pts is not None and packet.time_base:
             last = max(last, float((packet.pts + (packet.duration or 0)) * packet.time_base))
-    return last - _start_time(video)
+    return last
+
+
+def _matroska_track_end(stream: av.stream.Stream) -> float | None:
+    """The ``DURATION`` tag ("HH:MM:SS.nnnnnnnnn") FFmpeg's Matroska muxer writes per track:
+    where that track ends, whereas the container's duration is its longest stream's."""
+    hours, _, rest = stream.metadata.get("DURATION", "").partition(":")
+    minutes, _, seconds = rest.partition(":")
+    try:
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
 
 
 def _packets(container: av.container.InputContainer, deadline: Deadline, *streams) -> Iterator[av.Packet]:

@@ -192,6 +192,19 @@ def test_audio_that_ends_before_the_video_is_followed_by_silence(tmp_path):
     assert clip.video.shape[0] == CFG.num_frames
 
 
+@pytest.mark.parametrize("suffix", [".mov", ".mkv"])
+def test_a_video_that_ends_before_its_audio_is_probed_at_its_own_length(tmp_path, suffix):
+    # A Matroska container's duration is its longest stream's: clips laid out over the
+    # audio's 4 s would run a second past the video's end.
+    path = tmp_path / f"short video{suffix}"
+    write_timed_streams(
+        path, frames=ramp_video(3.0, 24, 32, 32), fps=24, audio=clicks(4.0, 16000, at=(2.5,)), sample_rate=16000
+    )
+    assert probe(str(path), CFG).duration == pytest.approx(3.0, abs=0.05)
+    last = decode_clip(str(path), 1.0, CFG)
+    np.testing.assert_allclose(click_times(last.audio), [1.5], atol=0.002)
+
+
 @pytest.mark.parametrize(
     "layout, levels, mono",
     [

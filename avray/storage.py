@@ -8,6 +8,7 @@ SeaweedFS, ...), which pyarrow itself would not look for.
 from __future__ import annotations
 
 import os
+import posixpath
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -50,8 +51,22 @@ def filesystem_for(uri: str, endpoint_override: str | None = None) -> tuple[pafs
 
 def join_uri(base: str, relative: str) -> str:
     """``relative`` resolved against the folder ``base`` (local path or s3:// URI)."""
-    if urlparse(relative).scheme or os.path.isabs(relative):
+    # "://", not any scheme: "take:2.mp4" is a relative file name.
+    if "://" in relative or os.path.isabs(relative):
         return relative
     if base.startswith("s3://"):
         return f"{base.rstrip('/')}/{relative}"
     return os.path.join(base, relative)
+
+
+def normalise_uri(uri: str) -> str:
+    """One spelling per location: a local path made absolute, ``.``, ``..`` and repeated
+    slashes folded in it and in an s3:// key alike (``..`` stops at the bucket, as at ``/``),
+    ``file://`` dropped. Lexical, as S3 has no links: a symlink and its target stay two names.
+    Other schemes are left as written, for :func:`filesystem_for` to refuse."""
+    if uri.startswith("s3://"):
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        return f"s3://{bucket}{posixpath.normpath('/' + key).rstrip('/')}"
+    if is_remote(uri):
+        return uri
+    return os.path.abspath(urlparse(uri).path if uri.startswith("file://") else uri)

@@ -2,6 +2,12 @@
 
 It enforces credentials, so tests read and write exactly as they would against AWS,
 through boto3 and ``pyarrow.fs.S3FileSystem(endpoint_override=...)``.
+
+SeaweedFS marks its volumes read-only when its disk has less than 1 % free (the volume
+server's ``-minFreeSpace`` default, which ``weed mini`` does not expose); every write then
+fails with a bare ``InternalError`` ("We encountered an internal error, please try again"),
+after 30 s per attempt, and only the server's log says why ("no volume server capacity").
+So the server refuses to start on such a disk, and says so.
 """
 
 from __future__ import annotations
@@ -69,6 +75,23 @@ def _is_free(port: int) -> bool:
             return False
 
 
+# SeaweedFS's own floor (see the module's docstring), and room for what the tests write.
+SEAWEEDFS_MIN_FREE_FRACTION = 0.01
+TEST_WRITES_BYTES = 256 << 20
+
+
+def refuse_a_nearly_full_disk(folder: Path) -> None:
+    """Raise, naming the cause, where SeaweedFS in ``folder`` would refuse the tests' writes."""
+    usage = shutil.disk_usage(folder)
+    needed = SEAWEEDFS_MIN_FREE_FRACTION * usage.total + TEST_WRITES_BYTES
+    if usage.free < needed:
+        raise RuntimeError(
+            f"the disk of {folder} has {usage.free / 2**20:.0f} MiB free of {usage.total / 2**30:.1f} GiB; "
+            f"SeaweedFS refuses writes under 1 % free (every S3 write would fail with InternalError), and the "
+            f"tests need {needed / 2**20:.0f} MiB: free some space, or run pytest with --basetemp on a roomier disk"
+        )
+
+
 def weed_binary() -> str:
     found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     if not os.path.exists(found):
@@ -81,6 +104,7 @@ def seaweedfs(
     workdir: Path, access_key: str = "AKIAAVRAYTEST", secret_key: str = "avray-test-secret"
 ) -> Iterator[S3Server]:
     workdir.mkdir(parents=True, exist_ok=True)
+    refuse_a_nearly_full_disk(workdir)
     identities = workdir / "identities.json"
     identities.write_text(
         json.dumps(

@@ -16,8 +16,10 @@ a shell holding recognisable fake secrets, each one really in use:
   ``--config`` file): the MLflow server answers nothing but exactly that Basic-auth login,
   and the run must have reached it, finished.
 
-Not covered: ``AWS_SESSION_TOKEN``. SeaweedFS refuses requests carrying a session token it
-did not issue itself (ACCESS_DENIED), so temporary AWS credentials cannot be used here.
+``AWS_SESSION_TOKEN`` is not in that run: SeaweedFS refuses requests carrying a session token
+it did not issue itself (ACCESS_DENIED), so temporary AWS credentials cannot run a job here.
+``test_a_session_token_reaches_no_error_log_or_mlflow_run`` covers it where avray could show
+it: the refused request's error and logs, and an MLflow run's params, tags and config.
 
 Then every output is searched for every secret (raw, URL-encoded and base64-encoded whole,
 and the base64 ``user:password`` of a Basic-auth header): the job's and the loader's stdout
@@ -57,9 +59,11 @@ import torch
 import yaml
 
 from avray.checkpoint import load_state
-from avray.config import ConfigError, FrozenVideoConfig, load_config
+from avray.config import ConfigError, DataConfig, FrozenVideoConfig, load_config
 from avray.models import load_model
 from avray.models.frozen import load_module
+from avray.preflight import PreflightError, check_data
+from avray.tracking import start_job_run
 from tests.s3server import seaweedfs
 from tests.tiny import TINY, make_tiny_corpus
 
@@ -346,6 +350,26 @@ def test_no_credential_reaches_any_output(tmp_path):
         server.wait(timeout=30)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     print(f"searched {searched} outputs; job {job_seconds:.1f} s, test {time.monotonic() - started:.1f} s")
+
+
+def test_a_session_token_reaches_no_error_log_or_mlflow_run(s3_env, monkeypatch, tmp_path, caplog, capsys):
+    """avray never reads ``AWS_SESSION_TOKEN`` (pyarrow sends it with each S3 request): it must
+    not show in the error of the request SeaweedFS refuses for it (the one message that quotes
+    what the server said), in the logs, or in a job's MLflow run (params, tags, config.yaml)."""
+    token = "avrayCanarySessionToken+/" + secrets.token_hex(16)
+    client = s3_env.client()
+    client.create_bucket(Bucket="session")
+    client.put_object(Bucket="session", Key="videos/a.mp4", Body=b"x")
+    check_data("s3://session/videos", DataConfig())  # passes without the token
+    monkeypatch.setenv("AWS_SESSION_TOKEN", token)
+    with pytest.raises(PreflightError, match="refused the credentials") as refused:
+        check_data("s3://session/videos", DataConfig())
+    cfg = load_config(None, [*TINY, f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
+    start_job_run(cfg, str(tmp_path / "run")).finish()
+    outputs = [("error", str(refused.value).encode()), ("log", caplog.text.encode())]
+    outputs += [("stdout", capsys.readouterr().out.encode()), *_files(tmp_path)]
+    assert len(outputs) > 5  # the MLflow database, config.yaml, the run-id file
+    assert not [where for where, data in outputs if any(form in data for form in _forms(token))]
 
 
 class RunsCode:

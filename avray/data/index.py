@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from avray import console
 from avray.config import DataConfig
 from avray.data.report import SkipReport
 from avray.data.sources import list_videos
@@ -124,9 +125,13 @@ class ClipIndex:
 
 
 def build_clip_index(uri: str, cfg: DataConfig) -> ClipIndex:
-    """List the videos under ``uri``, probe them in parallel with Ray, lay out their clips."""
-    refs = list_videos(uri, cfg.extensions, cfg.endpoint_override)
-    items = [{"uri": ref.uri, "label": ref.label} for ref in refs]
+    """List the videos under ``uri``, probe them in parallel with Ray, lay out their clips.
+    The report holds what listing left out and probing skipped; its notes are also said now,
+    not only at the end of the job."""
+    listing = list_videos(uri, cfg.extensions, cfg.endpoint_override)
+    for note in listing.report.notes:
+        console.say(f"[avray] {note}")
+    items = [{"uri": ref.uri, "label": ref.label} for ref in listing.videos]
     blocks = max(1, min(len(items), 4 * decode_parallelism(cfg)))
     probed = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
         probe_videos,
@@ -137,7 +142,7 @@ def build_clip_index(uri: str, cfg: DataConfig) -> ClipIndex:
         num_cpus=cfg.cpus_per_decode_task,
     )
     videos = pa.concat_tables(ray.get(probed.to_arrow_refs())).to_pylist()
-    report = SkipReport()
+    report = listing.report
     rows = []
     for video in sorted(videos, key=lambda v: v["source"]):
         if video["reason"]:

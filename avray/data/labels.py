@@ -10,6 +10,7 @@ a batch takes them through :func:`batch_labels`, which also mends shards written
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable
 
 import numpy as np
@@ -40,3 +41,22 @@ def labelled_count(labels: Iterable[str | None]) -> tuple[int, int]:
     """(clips that carry a label, distinct labels among them)."""
     present = [label for label in labels if label is not None]
     return len(present), len(set(present))
+
+
+def case_variants_note(labels: Iterable[str | None]) -> str | None:
+    """One line naming the labels that differ only by case, with their videos each, or None.
+
+    Such labels stay separate classes: ``Dog`` and ``dog`` may be one class misspelt or two
+    (a dataset's own names), and merging them silently would hide the question."""
+    videos = Counter(label for label in labels if label is not None)
+    groups: dict[str, list[str]] = {}
+    for label in sorted(videos):
+        groups.setdefault(label.casefold(), []).append(label)
+    clashes = [variants for variants in groups.values() if len(variants) > 1]
+    if not clashes:
+        return None
+    named = "; ".join(", ".join(f"{label!r} ({videos[label]} video(s))" for label in group) for group in clashes)
+    return (
+        f"{len(clashes)} label(s) differ only by case and stay separate classes: {named}; "
+        "rename them in the manifest or folders to merge them"
+    )

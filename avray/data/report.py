@@ -1,7 +1,9 @@
 """Counting what a data job skipped, and why, across every Ray worker.
 
 Bad input never stops a job: each skipped file or clip is logged with its reason and
-counted here; callers get the totals back at the end (and the CLIs print them).
+counted here; callers get the totals back at the end (and the CLIs print them). Listing
+reports here too: manifest rows it drops and folders it cannot enter, each with its reason,
+and notes on the corpus (labels that differ only by case).
 """
 
 from __future__ import annotations
@@ -25,7 +27,22 @@ UNSUPPORTED = "unsupported"
 TOO_SHORT = "too_short"  # shorter than one clip
 DECODE_ERROR = "decode_error"  # opened, but decoding the clip window failed
 TIMEOUT = "timeout"  # decoding exceeded data.decode_timeout_s
-REASONS = (EMPTY, NOT_FOUND, UNREADABLE, NO_VIDEO_STREAM, UNSUPPORTED, TOO_SHORT, DECODE_ERROR, TIMEOUT)
+NO_PATH = "no_path"  # a manifest row with an empty path
+DUPLICATE = "duplicate"  # a manifest row naming a video that an earlier row names
+UNLISTABLE = "unlistable"  # a folder under the corpus that cannot be listed (no permission)
+REASONS = (
+    EMPTY,
+    NOT_FOUND,
+    UNREADABLE,
+    NO_VIDEO_STREAM,
+    UNSUPPORTED,
+    TOO_SHORT,
+    DECODE_ERROR,
+    TIMEOUT,
+    NO_PATH,
+    DUPLICATE,
+    UNLISTABLE,
+)
 
 
 class SkipError(Exception):
@@ -40,11 +57,13 @@ class SkipError(Exception):
 
 @dataclass
 class SkipReport:
-    """What was skipped (per file, with reason) and which good videos had no audio."""
+    """What was skipped (per file, manifest row or folder, with reason), which good videos had
+    no audio, and notes on the corpus that are no skip but need the user's eye."""
 
     skipped: dict[str, tuple[str, str]] = field(default_factory=dict)  # uri -> (reason, detail)
     skipped_clips: int = 0
     silent_videos: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
 
     def add(self, uri: str, reason: str, detail: str, clips: int = 1) -> None:
         self.skipped.setdefault(uri, (reason, detail))
@@ -55,6 +74,7 @@ class SkipReport:
             self.skipped.setdefault(uri, (reason, detail))
         self.skipped_clips += other.skipped_clips
         self.silent_videos |= other.silent_videos
+        self.notes += [note for note in other.notes if note not in self.notes]
         return self
 
     def counts(self) -> dict[str, int]:
@@ -62,13 +82,13 @@ class SkipReport:
 
     def summary(self) -> str:
         if not self.skipped and not self.silent_videos:
-            return "skipped: none"
+            return "\n".join(["skipped: none", *self.notes])
         counts = ", ".join(f"{reason}={n}" for reason, n in sorted(self.counts().items()))
         lines = [f"skipped {len(self.skipped)} file(s), {self.skipped_clips} clip(s): {counts or 'none'}"]
         lines += [f"  {reason:<16} {uri}  ({detail})" for uri, (reason, detail) in sorted(self.skipped.items())]
         if self.silent_videos:
             lines.append(f"{len(self.silent_videos)} video(s) without audio got silence")
-        return "\n".join(lines)
+        return "\n".join(lines + self.notes)
 
 
 @ray.remote(num_cpus=0)

@@ -112,7 +112,7 @@ def test_listing_ends_on_symlink_loops_and_keeps_what_is_not_a_file(tmp_path):
     os.mkfifo(tmp_path / "videos" / "fifo.mp4")
     (tmp_path / "videos" / os.fsdecode(b"caf\xe9.mp4")).write_bytes(b"x")
     (tmp_path / "outside.mp4").write_bytes(b"x")
-    refs = list_videos(str(tmp_path / "videos"), (".mp4", ".mkv"))
+    refs = list_videos(str(tmp_path / "videos"), (".mp4", ".mkv")).videos
     names = [ref.uri[len(str(tmp_path / "videos")) + 1 :] for ref in refs]
     assert names == ["a.mp4", "caf\\xe9.mp4", "dangling.mp4", "fifo.mp4", "folder.mp4/b.mkv", "self.mp4"]
 

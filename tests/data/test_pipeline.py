@@ -137,3 +137,18 @@ def test_validation_split_is_stratified_by_label_and_keeps_videos_whole():
     assert len(held_out_sources(["x", "y"], [None, None], 0.01, seed=0)) == 1
     assert held_out_sources(["x", "y"], [None, None], 0.0, seed=0) == set()
     assert held_out_sources(["x"], ["a"], 0.5, seed=0) == set()
+
+
+def test_a_video_a_manifest_names_twice_is_indexed_once(ray_local, tmp_path):
+    """Nine rows naming eight videos (one by its relative and its absolute path): eight videos'
+    clips, each clip id once, so no video can sit on both sides of the validation split."""
+    for i in range(8):
+        make_good_video(tmp_path / "v" / f"{i}.mp4", seconds=3.0, fps=12, size=48, sample_rate=16000, seed=i)
+    rows = [f"v/{i}.mp4" for i in range(8)] + [f"{tmp_path}/v/3.mp4"]
+    (tmp_path / "m.csv").write_text("path\n" + "\n".join(rows) + "\n")
+    index = build_clip_index(str(tmp_path / "m.csv"), CFG)
+    ids = index.clips.column("clip_id").to_pylist()
+    assert index.num_videos == 8 and len(ids) == len(set(ids)) == 8 * CFG.clips_per_video
+    assert index.report.counts() == {"duplicate": 1}
+    train, val = index.split(0.25, seed=0)
+    assert not set(train.clips.column("source").to_pylist()) & set(val.clips.column("source").to_pylist())

@@ -150,8 +150,7 @@ def build_clip_index(uri: str, cfg: DataConfig) -> ClipIndex:
             continue
         if not video["has_audio"]:
             report.silent_videos.add(video["source"])
-        for slot, start in enumerate(clip_starts(video["duration"], cfg)):
-            start = round(float(start), 3)
+        for slot, start in enumerate(clip_starts(video["duration"], cfg).tolist()):
             rows.append(
                 {
                     "source": video["source"],

@@ -60,11 +60,16 @@ def skip_reason(err: Exception, unforeseen: str) -> tuple[str, str]:
 
 
 def clip_starts(video_duration: float, cfg: DataConfig) -> np.ndarray:
-    """``clips_per_video`` evenly spaced window starts covering the whole video."""
+    """Up to ``clips_per_video`` evenly spaced window starts covering the whole video, in ms.
+
+    A video too short for that many distinct windows gets fewer: a window repeated would be
+    the same clip twice, sharing its ``clip_id`` and counted as a negative of itself.
+    """
     last = max(0.0, video_duration - cfg.clip_seconds)
     # Keep away from the very end: container durations overshoot the last decodable frame.
     last = max(0.0, last - 1.0 / cfg.fps)
-    return np.linspace(0.0, last, cfg.clips_per_video) if cfg.clips_per_video > 1 else np.array([last / 2])
+    starts = np.linspace(0.0, last, cfg.clips_per_video) if cfg.clips_per_video > 1 else np.array([last / 2])
+    return np.unique(np.round(starts, 3))
 
 
 def clip_id(source: str, start: float) -> str:

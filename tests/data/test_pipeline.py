@@ -117,7 +117,7 @@ def test_knn_can_score_only_labels_with_two_held_out_videos():
 
 def test_a_flat_folder_gives_unlabelled_clips(ray_local, tmp_path):
     for i in range(2):
-        make_good_video(tmp_path / f"v{i}.mp4", seconds=2.0, fps=12, size=48, sample_rate=16000, seed=i)
+        make_good_video(tmp_path / f"v{i}.mp4", seconds=3.0, fps=12, size=48, sample_rate=16000, seed=i)
     index = build_clip_index(str(tmp_path), CFG)
     assert index.clips.num_rows == 2 * CFG.clips_per_video
     assert index.clips.column("label").to_pylist() == [None] * index.clips.num_rows

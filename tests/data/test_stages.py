@@ -1,9 +1,10 @@
 """The decode stage's task layout: how a long decode task parts its clips and streams them."""
 
 import numpy as np
+import pytest
 
 from avray.config import DataConfig
-from avray.data.stages import decode_clip_stream, decode_clips, video_batches
+from avray.data.stages import clip_id, clip_starts, decode_clip_stream, decode_clips, video_batches
 from tests.media import make_good_video
 
 
@@ -38,3 +39,15 @@ def test_a_long_task_yields_a_block_per_batch_with_the_rows_of_one_call(tmp_path
     whole = decode_clips(batch, cfg)
     for key in ("video", "audio", "clip_id", "start"):
         np.testing.assert_array_equal(np.concatenate([block[key] for block in blocks]), whole[key])
+
+
+@pytest.mark.parametrize(
+    ("video_seconds", "expected"),
+    [(5.0, [0.0, 1.458, 2.917]), (2.0 + 1 / 12, [0.0]), (2.0, [0.0]), (2.1, [0.0, 0.008, 0.017])],
+)
+def test_a_video_gets_only_as_many_windows_as_are_distinct(video_seconds, expected):
+    """A video about one clip long once gave every slot the start 0: the same clip K times
+    under one clip_id."""
+    starts = clip_starts(video_seconds, DataConfig(clip_seconds=2.0, fps=12, clips_per_video=3))
+    np.testing.assert_allclose(starts, expected, atol=5e-4)
+    assert len({clip_id("v.mp4", t) for t in starts}) == len(starts)

@@ -55,3 +55,21 @@ def join_uri(base: str, relative: str) -> str:
     if base.startswith("s3://"):
         return f"{base.rstrip('/')}/{relative}"
     return os.path.join(base, relative)
+
+
+def read_file(uri: str) -> bytes | None:
+    """The bytes of the file ``uri`` (local or s3://), or None where there is no such file."""
+    fs, path = filesystem_for(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as handle:
+        return handle.read()
+
+
+def write_file(uri: str, data: bytes) -> None:
+    """``data`` as the file ``uri`` (local or s3://), replacing it whole: object stores do not append."""
+    fs, path = filesystem_for(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(os.path.dirname(path), recursive=True)
+    with fs.open_output_stream(path) as handle:
+        handle.write(data)

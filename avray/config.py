@@ -361,6 +361,13 @@ class TuneConfig:
         _check(self.num_samples >= 1, "tune.num_samples must be >= 1")
         _check(self.perturbation_interval >= 1, "tune.perturbation_interval must be >= 1")
         _check(0 < self.quantile_fraction <= 0.5, "tune.quantile_fraction must be in (0, 0.5]")
+        # PBT and PB2 exploit ceil(trials x quantile_fraction) trials (at most half) each round:
+        # one of two at any fraction, and none of one, which would be a plain run called PBT.
+        _check(
+            self.scheduler not in ("pbt", "pb2") or self.num_samples >= 2,
+            f"tune.scheduler={self.scheduler} with tune.num_samples={self.num_samples} never exploits: a lone "
+            "trial has no better trial to copy; set tune.num_samples >= 2, or tune.scheduler=fifo for one mixture",
+        )
         _check(self.grace_period >= 1, "tune.grace_period must be >= 1")
         _check(self.reduction_factor > 1, "tune.reduction_factor must be > 1")
         _check(self.zipf_clusters >= 2, "tune.zipf_clusters must be >= 2")

@@ -70,3 +70,21 @@ def normalise_uri(uri: str) -> str:
     if is_remote(uri):
         return uri
     return os.path.abspath(urlparse(uri).path if uri.startswith("file://") else uri)
+
+
+def read_file(uri: str) -> bytes | None:
+    """The bytes of the file ``uri`` (local or s3://), or None where there is no such file."""
+    fs, path = filesystem_for(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as handle:
+        return handle.read()
+
+
+def write_file(uri: str, data: bytes) -> None:
+    """``data`` as the file ``uri`` (local or s3://), replacing it whole: object stores do not append."""
+    fs, path = filesystem_for(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(os.path.dirname(path), recursive=True)
+    with fs.open_output_stream(path) as handle:
+        handle.write(data)

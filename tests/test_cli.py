@@ -324,3 +324,27 @@ def test_the_real_cli_fails_before_joining_ray(real_runs, name):
     stderr, code, words, output = real_runs[name]
     assert_one_line_error(code, stderr, words)
     assert not output.exists()
+
+
+def test_a_sweep_resumed_with_another_config_is_one_line_and_exit_2_before_ray(scene, capsys):
+    # A sweep begun in the output with the default config (what Tune leaves: its tuner.pkl).
+    scene.folder("out", {"sweep_config.yaml": Config().to_yaml()})
+    scene.folder("out/tune_losses", {"tuner.pkl": ""})
+    main = runpy.run_path(str(ROOT / "workflows" / "tune_losses.py"))["main"]
+    args = [
+        "--data",
+        scene.videos,
+        "--output",
+        str(scene.output),
+        "--set",
+        "tune.num_samples=8",
+        "--set",
+        "train.lr=0.01",
+    ]
+    with pytest.raises(SystemExit) as exited:
+        cli.run(main, [*args, "--ray-address", DEAD_RAY])
+    assert_one_line_error(
+        exited.value.code,
+        capsys.readouterr().err,
+        [f"{scene.output} holds a sweep begun with another config (train.lr: 0.001 -> 0.01; tune.num_samples: 4 -> 8)"],
+    )

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from avray import cli, console, preflight
 from avray.tracking import ui_command
-from avray.tune import format_table, tune_losses
+from avray.tune import check_resumable, format_table, tune_losses
 
 
 def main(argv=None) -> int:
     args = cli.parser(__doc__).parse_args(argv)
     cfg = cli.load(args)
     source = preflight.check_job(cfg, data=args.data, output=args.output, track=True)
+    check_resumable(cfg, args.output)
     cli.start_ray(args)
     result = tune_losses(cfg, source, args.output)
     console.say("[avray] trials, best first:\n" + format_table(result))

@@ -3,13 +3,15 @@
     clip rows ─► map_batches(EmbedClips, actor pool; 1 GPU per actor when the cluster has GPUs)
               ─► {clip_id, source, start, label, audio [E], video [E], fused [F]} ─► parquet
 
-Each actor builds its model(s) once from a :class:`ModelSpec` (a checkpoint path, or a config
-for random weights), so no model object ever travels through Ray. Embedding columns are
+Each actor builds its model(s) once from a :class:`ModelSpec` (a checkpoint's files in Ray's
+object store, or a config for random weights), so no model object ever travels through Ray,
+and no actor reads the driver's disk. Embedding columns are
 float32 fixed-size lists: plain parquet that pandas, pyarrow or Spark read without avray.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +23,7 @@ import ray
 import torch
 
 from avray import console
-from avray.checkpoint import CONFIG_FILE
+from avray.checkpoint import CONFIG_FILE, STATE_FILE
 from avray.cluster import inference_pool
 from avray.config import Config, ConfigError, config_from_dict, load_config
 from avray.data.labels import label_column
@@ -41,7 +43,7 @@ ROWS_PER_FILE = 50_000
 
 
 def evaluation_config(checkpoint: str | Path, overrides: Sequence[str] = ()) -> tuple[Path, Config]:
-    """The checkpoint folder (absolute: actors may run elsewhere) and its config, with
+    """The checkpoint folder (on the driver: a local copy of an ``s3://`` one) and its config, with
     ``key=value`` overrides and uniform clip sampling (fixed windows: evaluating twice gives
     the same clips and the same numbers). ``model.*`` overrides are refused: the trained weights
     and the random baseline are both the checkpoint's architecture."""
@@ -63,18 +65,22 @@ def evaluation_config(checkpoint: str | Path, overrides: Sequence[str] = ()) -> 
 class ModelSpec:
     """How an actor gets its model; small and picklable, unlike the model itself.
 
-    ``checkpoint``: a checkpoint (or run) folder the actors can read: the trained weights.
+    ``checkpoint``: the trained weights, as the files of a checkpoint folder put in Ray's object
+    store by the driver. The folder the driver resolved (a temporary copy of an ``s3://``
+    checkpoint, or a path on its own disk) is not there on another node, and fetching the
+    ``s3://`` one again could find a newer checkpoint than the driver scored.
     Otherwise ``config`` (``Config.to_dict()``): the same architecture with random weights from
     ``torch.manual_seed(train.seed)``, which is exactly the initialisation pretraining started
     from (the training loop seeds torch the same way right before building the model).
     """
 
-    checkpoint: str | None = None
+    checkpoint: ray.ObjectRef | None = None
     config: dict | None = None
 
     @classmethod
-    def trained(cls, checkpoint: str | Path) -> ModelSpec:
-        return cls(checkpoint=str(checkpoint))
+    def trained(cls, folder: str | Path) -> ModelSpec:
+        """``folder``: a checkpoint folder on the driver (:func:`evaluation_config`'s)."""
+        return cls(checkpoint=ray.put({name: (Path(folder) / name).read_bytes() for name in (STATE_FILE, CONFIG_FILE)}))
 
     @classmethod
     def random_init(cls, cfg: Config) -> ModelSpec:
@@ -82,7 +88,10 @@ class ModelSpec:
 
     def build(self) -> torch.nn.Module:
         if self.checkpoint is not None:
-            return load_model(self.checkpoint)[0]
+            with tempfile.TemporaryDirectory(prefix="avray-checkpoint-") as folder:
+                for name, data in ray.get(self.checkpoint).items():
+                    (Path(folder) / name).write_bytes(data)
+                return load_model(folder)[0]
         from avray.models import build_model
 
         cfg = config_from_dict(self.config)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 from ray import tune
 
 from avray import console
+from avray.storage import join_uri, read_file, write_file
 from avray.tracking import Tracker, redact
 from avray.tune.space import LAMBDA
 from avray.tune.trainable import EXPLOITED_FROM
@@ -25,27 +25,35 @@ LOGGED_PREFIXES = ("loss", "val/", "lambda/", "lr", "clips_per_s", "epoch", "glo
 HISTORY_FILE = "pbt_history.json"
 
 
-def results_file(state_file: str) -> Path:
-    """Where :class:`TrialRuns` appends every result it sees, one JSON line each."""
-    return Path(state_file).with_name(f"{Path(state_file).stem}-results.jsonl")
+STATE_FILE = "trial_runs.json"
+RESULTS_FOLDER = "trial_runs-results"
 
 
-def recorded_results(state_file: str) -> dict[str, list[dict]]:
-    """Each trial's results, in the order they arrived (trial id -> rows).
+def _results_uri(output: str, trial_id: str) -> str:
+    return join_uri(output, f"{RESULTS_FOLDER}/{trial_id}.jsonl")
+
+
+def _read_state(output: str) -> dict:
+    saved = read_file(join_uri(output, STATE_FILE))
+    return json.loads(saved) if saved else {"runs": {}, "lambdas": {}, "events": {}}
+
+
+def _read_lines(output: str, trial_id: str) -> list[str]:
+    saved = read_file(_results_uri(output, trial_id))
+    return saved.decode().splitlines() if saved else []
+
+
+def recorded_results(output: str) -> dict[str, list[dict]]:
+    """Each trial's results, in the order they arrived (trial id -> rows), as :class:`TrialRuns`
+    recorded them in the sweep's ``output`` (local or s3://).
 
     Tune's own record of a trial (``result.json``, ``Result.metrics_dataframe``) is written in
     a staging folder and synced to storage every 10 s or so; a retried trial first copies it
     back from storage, so the results between the last sync and the failure are lost from it
-    (a trial killed after two epochs reported only epochs 3 and 4). This record is appended
-    on the driver as each result arrives.
+    (a trial killed after two epochs reported only epochs 3 and 4). This record is written
+    by the driver as each result arrives.
     """
-    path = results_file(state_file)
-    rows: dict[str, list[dict]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            rows.setdefault(row["trial_id"], []).append(row)
-    return rows
+    return {trial: [json.loads(line) for line in _read_lines(output, trial)] for trial in _read_state(output)["runs"]}
 
 
 def _lambdas(result: dict) -> dict:
@@ -53,29 +61,35 @@ def _lambdas(result: dict) -> dict:
 
 
 class TrialRuns(tune.Callback):
-    """``state_file`` keeps trial -> run id, each trial's PBT events and last λ, so that a sweep
-    resumed with ``Tuner.restore`` goes on logging into the same child runs; beside it, every
-    result (:func:`recorded_results`), from which the λ history is read."""
+    """Keeps, in the sweep's ``output`` (local or s3://), ``trial_runs.json`` (trial -> run id,
+    each trial's PBT events and last λ), so that a sweep resumed with ``Tuner.restore``, on
+    this machine or another, goes on logging into the same child runs; and, beside it, every
+    result of each trial (:func:`recorded_results`), from which the λ history is read. Each
+    file is rewritten whole (object stores do not append): one trial's results, not all."""
 
-    def __init__(self, uri: str, experiment: str, parent_run_id: str, state_file: str):
-        self.uri, self.experiment, self.parent_run_id, self.state_file = uri, experiment, parent_run_id, state_file
+    def __init__(self, uri: str, experiment: str, parent_run_id: str, output: str):
+        self.uri, self.experiment, self.parent_run_id, self.output = uri, experiment, parent_run_id, output
         self._trackers: dict[str, Tracker] = {}
         self._state: dict = {}
+        self._lines: dict[str, list[str]] = {}
 
     def __getstate__(self):
         # Tune pickles its callbacks into the experiment folder: MLflow clients and the
         # tracking URI's password stay behind (Tracker logs in again with the driver's).
-        return {**self.__dict__, "uri": redact(self.uri), "_trackers": {}, "_state": {}}
+        return {**self.__dict__, "uri": redact(self.uri), "_trackers": {}, "_state": {}, "_lines": {}}
 
     def _load(self) -> dict:
         if not self._state:
-            path = Path(self.state_file)
-            self._state = json.loads(path.read_text()) if path.exists() else {"runs": {}, "lambdas": {}, "events": {}}
+            self._state = _read_state(self.output)
         return self._state
 
+    def _trial_lines(self, trial_id: str) -> list[str]:
+        if trial_id not in self._lines:
+            self._lines[trial_id] = _read_lines(self.output, trial_id)
+        return self._lines[trial_id]
+
     def _save(self) -> None:
-        Path(self.state_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(self.state_file).write_text(json.dumps(self._state, indent=1))
+        write_file(join_uri(self.output, STATE_FILE), json.dumps(self._state, indent=1).encode())
 
     def _tracker(self, trial) -> Tracker:
         state = self._load()
@@ -132,12 +146,15 @@ class TrialRuns(tune.Callback):
         self._state["lambdas"][trial.trial_id] = lambdas
         self._save()
         row = {k: v for k, v in result.items() if v is None or isinstance(v, (int, float, str))}
-        with results_file(self.state_file).open("a") as handle:
-            handle.write(json.dumps({**row, "trial_id": trial.trial_id}) + "\n")
+        lines = self._trial_lines(trial.trial_id)
+        lines.append(json.dumps({**row, "trial_id": trial.trial_id}))
+        write_file(_results_uri(self.output, trial.trial_id), "\n".join(lines).encode())
 
     def _end(self, trial, status: str) -> None:
         tracker = self._tracker(trial)
-        rows = recorded_results(self.state_file).get(trial.trial_id, [])
+        # This trial's rows only, held since they arrived: ending every trial costs the rows
+        # of the sweep once, not once per trial.
+        rows = [json.loads(line) for line in self._trial_lines(trial.trial_id)]
         record = {
             "lambdas": [{"iteration": int(r["training_iteration"]), "lambdas": _lambdas(r)} for r in rows],
             "events": self._state["events"].get(trial.trial_id, []),

@@ -17,17 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+import yaml
 from ray import tune
 
 from avray import console
 from avray.checkpoint import checkpoint_uri
 from avray.cluster import materialize_on_driver_node, on_driver_node
-from avray.config import Config, ConfigError, with_overrides
+from avray.config import Config, ConfigError, config_from_dict, with_overrides
 from avray.data.pipeline import training_data
 from avray.data.shards import DataSource, for_inputs, resolve_source
 from avray.objectives.mixture import check_labels_for
-from avray.storage import filesystem_for, is_remote
-from avray.tracking import redact, start_job_run
+from avray.storage import is_remote, join_uri, read_file, write_file
+from avray.tracking import redact, redact_params, start_job_run
 from avray.train.faults import TrainingError
 from avray.train.trainer import ray_storage
 from avray.tune.callback import TrialRuns, recorded_results
@@ -37,6 +38,8 @@ from avray.tune.space import search_space, trial_config
 from avray.tune.trainable import EXPLOITED_FROM, TrialFailures, train_trial
 
 EXPERIMENT = "tune_losses"
+# The config a sweep began with, beside its experiment: a resumed sweep must have the same.
+SWEEP_CONFIG = "sweep_config.yaml"
 
 
 @dataclass
@@ -55,7 +58,35 @@ def _trial_folder(trial) -> str:
     return trial.trial_id
 
 
+def changed_keys(before: Config, after: Config) -> list[str]:
+    """``key: old -> new`` for each config key whose value differs (URI passwords masked)."""
+    old, new = redact_params(before.flat()), redact_params(after.flat())
+    return [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+
+
+def check_resumable(cfg: Config, output: str) -> None:
+    """Refuse to resume the sweep in ``output`` with another config than it began with.
+
+    ``Tuner.restore`` brings back the experiment's own search space, scheduler, trial count and
+    stopping rule, while its trials would train with the new config: a mix of the two that
+    nobody asked for, and no key is safe to change (a larger ``tune.num_samples`` adds no
+    trial, other resources move no trial). A sweep begun before its config was kept is not checked.
+    """
+    root, filesystem = ray_storage(output)
+    saved = read_file(join_uri(output, SWEEP_CONFIG))
+    if saved is None or not tune.Tuner.can_restore(f"{root}/{EXPERIMENT}", storage_filesystem=filesystem):
+        return
+    changed = changed_keys(config_from_dict(yaml.safe_load(saved)), cfg)
+    if changed:
+        raise ConfigError(
+            f"{output} holds a sweep begun with another config ({'; '.join(changed)}): re-run it with the "
+            f"config it began with ({join_uri(output, SWEEP_CONFIG)}), or sweep into a new --output"
+        )
+
+
 def tune_losses(cfg: Config, data: str | DataSource, output: str) -> SweepResult:
+    check_resumable(cfg, output)
+    begun_with = cfg
     source = resolve_source(data, cfg.data.endpoint_override)
     cfg = for_inputs(cfg, source)
     metric = fitness_metric(cfg)
@@ -100,17 +131,15 @@ def tune_losses(cfg: Config, data: str | DataSource, output: str) -> SweepResult
     parent = start_job_run(cfg, output, job="tune")
     root, filesystem = ray_storage(output)
     experiment_path = f"{root}/{EXPERIMENT}"
-    state_file = (
-        str(Path(output) / "trial_runs.json")
-        if not is_remote(output)
-        else str(Path(tempfile.gettempdir()) / f"avray-trial-runs-{parent.run_id}.json")
-    )
+    # Absolute: Tune pickles the callback with the experiment, and a resumed sweep may start elsewhere.
+    record = output if is_remote(output) else str(Path(output).resolve())
     if tune.Tuner.can_restore(experiment_path, storage_filesystem=filesystem):
         console.say(f"[avray] resuming the sweep in {output.rstrip('/')}/{EXPERIMENT}")
         tuner = tune.Tuner.restore(
             experiment_path, trainable=trainable, resume_errored=True, storage_filesystem=filesystem
         )
     else:
+        write_file(join_uri(output, SWEEP_CONFIG), redact(begun_with.to_yaml()).encode())
         tuner = tune.Tuner(
             trainable,
             param_space=search_space(cfg),
@@ -132,7 +161,7 @@ def tune_losses(cfg: Config, data: str | DataSource, output: str) -> SweepResult
                 failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
                 # PBT copies checkpoints between trials: keeping only two can delete one it is about to copy.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
-                callbacks=[TrialRuns(parent.uri, cfg.tracking.experiment, parent.run_id, state_file)],
+                callbacks=[TrialRuns(parent.uri, cfg.tracking.experiment, parent.run_id, record)],
                 # avray's console prints each result (TrialRuns); Tune's tables only with --verbose.
                 verbose=0 if console.captured() else 1,
             ),
@@ -146,14 +175,14 @@ def tune_losses(cfg: Config, data: str | DataSource, output: str) -> SweepResult
         f"{output.rstrip('/')}/{EXPERIMENT}" if is_remote(output) else experiment_path,
         parent,
         output,
-        recorded_results(state_file),
+        recorded_results(record),
         ray.get(failures.get.remote()),
     )
 
 
 def _trial_row(result, metric: str, objectives: list[str], recorded: list[dict] | None, cause: str | None) -> dict:
     # Tune's own record of a retried trial may lack results (see recorded_results); it is
-    # the fallback for a sweep resumed where the driver's record is not (an s3:// output).
+    # the fallback for a trial the driver's record lacks (a sweep an older avray began).
     rows = recorded or (result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else [])
     first, last = (rows[0], rows[-1]) if rows else ({}, {})
     fitness = [r[metric] for r in rows if isinstance(r.get(metric), float) and math.isfinite(r[metric])]
@@ -223,10 +252,8 @@ def _summarise(
         },
         step=0,
     )
-    fs, root = filesystem_for(output)
     for name in ("trials.csv", "best_mixture.yaml"):
-        with fs.open_output_stream(f"{root}/{name}") as handle:
-            handle.write((folder / name).read_bytes())
+        write_file(join_uri(output, name), (folder / name).read_bytes())
     parent.set_tag("avray.best_trial", best["trial"])
     if best["checkpoint"]:
         parent.set_tag("avray.best_checkpoint", best["checkpoint"])

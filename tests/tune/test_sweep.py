@@ -12,9 +12,10 @@ import mlflow
 import psutil
 import pytest
 
-from avray.config import load_config
+from avray.config import ConfigError, load_config
 from avray.tune import tune_losses
 from avray.tune.callback import HISTORY_FILE
+from tests.conftest import own_cluster
 from tests.tiny import make_tiny_corpus, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -94,6 +95,36 @@ def test_pbt_sweep_exploits_and_logs_every_trial_with_its_lambda_history(ray_loc
     assert again.parent_run_id == result.parent_run_id
     assert {t["trial"] for t in again.trials} == {t["trial"] for t in result.trials}
     assert len(_children(client, parent.info.run_id)) == 2
+
+    # Tune would restore the old search and trial count under the new config: refused, naming the key.
+    with pytest.raises(ConfigError, match=r"holds a sweep begun with another config \(tune.num_samples: 2 -> 3\)"):
+        tune_losses(tiny_config(tmp_path, *PBT, "tune.num_samples=3"), corpus, str(output))
+
+
+def test_a_sweep_on_s3_resumes_into_the_same_mlflow_runs(corpus, s3_env, tmp_path):
+    s3_env.client().create_bucket(Bucket="sweeps")
+    output = "s3://sweeps/mix"
+    cfg = tiny_config(
+        tmp_path, "train.epochs=1", "tune.scheduler=fifo", "tune.num_samples=1", "tune.cpus_per_trial=0.5"
+    )
+    # A cluster started now: its workers inherit the S3 credentials, as a user's would.
+    with own_cluster(2):
+        first = tune_losses(cfg, corpus, output)
+        again = tune_losses(cfg, corpus, output)
+    assert again.parent_run_id == first.parent_run_id
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    (child,) = _children(client, first.parent_run_id)
+    assert child.data.tags["avray.trial_id"] == first.trials[0]["trial"]
+    # The driver's record lies in the bucket, and the resumed sweep's table is read from it
+    # (Tune's own record, the fallback, would carry the trial's config/ columns).
+    keys = {item["Key"] for item in s3_env.client().list_objects_v2(Bucket="sweeps", Prefix="mix/")["Contents"]}
+    assert {
+        "mix/mlflow_run_id",
+        "mix/trial_runs.json",
+        f"mix/trial_runs-results/{child.data.tags['avray.trial_id']}.jsonl",
+    } <= keys
+    (row,) = again.trials[0]["history"]
+    assert row["epoch"] == 1 and not any(key.startswith("config/") for key in row)
 
 
 def test_asha_sweep_with_optuna_runs_to_completion(ray_local, corpus, tmp_path):

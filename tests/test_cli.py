@@ -324,3 +324,24 @@ def test_the_real_cli_fails_before_joining_ray(real_runs, name):
     stderr, code, words, output = real_runs[name]
     assert_one_line_error(code, stderr, words)
     assert not output.exists()
+
+
+def test_a_local_cluster_takes_another_dashboard_port_while_rays_usual_one_is_held():
+    """Ray gives up at once on the dashboard port it is given, and a second workflow run on
+    one machine failed to start ("Failed to find a valid port for dashboard after 0
+    retries"). The tests hold 8265 (tests/conftest.py), so every workflow they run takes
+    this path; here it is held for certain."""
+    import socket
+
+    from avray.cluster import DASHBOARD_PORT, local_dashboard_port
+
+    with socket.socket() as held:
+        try:
+            held.bind(("127.0.0.1", DASHBOARD_PORT))
+            held.listen()
+        except OSError:
+            pass  # conftest holds it already
+        port = local_dashboard_port()
+        assert port != DASHBOARD_PORT
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))

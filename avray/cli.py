@@ -69,6 +69,8 @@ def init_ray(address: str | None = None, *, output: str | None = None, verbose: 
     """
     import ray
 
+    from avray.cluster import local_dashboard_port
+
     if ray.is_initialized():
         return
     if _session is not None and not verbose and not console.captured():
@@ -79,6 +81,8 @@ def init_ray(address: str | None = None, *, output: str | None = None, verbose: 
     # "local" starts a fresh cluster sized to this machine instead of joining one found on disk.
     # With the dashboard: it serves Ray's State API, which Ray Train's placement-group cleaner
     # polls every second; without it, each training run logged a warning a second.
+    if not address or address == "local":
+        kwargs.setdefault("dashboard_port", local_dashboard_port())
     ray.init(address=address or "local", include_dashboard=True, **kwargs)
     if _session is not None:
         _session.callback(ray.shutdown)  # before the capture ends: shutting down logs too

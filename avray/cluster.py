@@ -1,7 +1,9 @@
 """Where work runs on a Ray cluster: bookkeeping actors on the driver's node, a sweep's
-clips held there, and pools of model-holding actors."""
+clips held there, pools of model-holding actors, and the local cluster's dashboard port."""
 
 from __future__ import annotations
+
+import socket
 
 import ray
 import ray.data
@@ -48,3 +50,27 @@ def inference_pool(actors: int | None = None) -> dict:
     gpus = int(resources.get("GPU", 0))
     size = actors or (gpus if gpus else max(1, int(resources.get("CPU", 1)) // 4))
     return {"compute": ray.data.ActorPoolStrategy(size=size), "num_gpus": 1 if gpus else 0, "num_cpus": 1}
+
+
+# Ray's own default; a local cluster asks for it explicitly (see local_dashboard_port).
+DASHBOARD_PORT = 8265
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now, chosen by the OS."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def local_dashboard_port() -> int:
+    """The dashboard port for a local cluster: Ray's usual 8265, or a free one while another
+    Ray on this machine holds it. Ray gives up at once on a port it was given, and it is
+    always given one ("Failed to find a valid port for dashboard after 0 retries"), so a
+    second workflow run on one machine would not start."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", DASHBOARD_PORT))
+        except OSError:
+            return free_port()
+    return DASHBOARD_PORT

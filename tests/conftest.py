@@ -13,7 +13,37 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import pytest  # noqa: E402
 
+from avray.cluster import DASHBOARD_PORT, free_port  # noqa: E402
+
 _EXIT_STATUS = pytest.StashKey[int]()
+# Ray's default dashboard port, held while the tests run: every cluster they start, in this
+# process or in a workflow's, takes a free port instead (avray.cluster.local_dashboard_port),
+# so the clusters of two pytest-xdist workers never race for it.
+_DASHBOARD_PORT_HELD = pytest.StashKey[object]()
+
+
+def pytest_configure(config):
+    import socket
+
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", DASHBOARD_PORT))
+        holder.listen()
+    except OSError:  # held already: by the xdist controller, or a Ray the user runs
+        holder.close()
+        return
+    config.stash[_DASHBOARD_PORT_HELD] = holder
+
+
+def pytest_collection_modifyitems(items):
+    """Under ``pytest -n N --dist loadgroup`` (``make test``): a module's tests run in one
+    worker, so its module-scoped fixtures (a trained model, a corpus) are built once; the
+    modules that share the session's ``uninterrupted_run`` (a two-node training run) run in
+    one worker too, for the same reason. Tests still run in file order within a worker."""
+    sharing = {item.module.__name__ for item in items if "uninterrupted_run" in item.fixturenames}
+    for item in items:
+        module = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group("uninterrupted_run" if module in sharing else module))
 
 
 @pytest.hookimpl(trylast=True)
@@ -39,7 +69,7 @@ def _start_local():
 
     # "local": a cluster of its own, never one that another process on the machine started.
     # The dashboard serves the State API that Ray Train polls (see avray.cli.init_ray).
-    ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=free_port(), log_to_driver=False)
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +93,8 @@ def own_cluster(head_cpus: float, *node_cpus: float, **head_args):
     was_local = ray.is_initialized()
     ray.shutdown()
     cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": True, **head_args}
+        initialize_head=True,
+        head_node_args={"num_cpus": head_cpus, "include_dashboard": True, "dashboard_port": free_port(), **head_args},
     )
     try:
         for cpus in node_cpus:

@@ -348,3 +348,24 @@ def test_a_sweep_resumed_with_another_config_is_one_line_and_exit_2_before_ray(s
         capsys.readouterr().err,
         [f"{scene.output} holds a sweep begun with another config (train.lr: 0.001 -> 0.01; tune.num_samples: 4 -> 8)"],
     )
+
+
+def test_a_local_cluster_takes_another_dashboard_port_while_rays_usual_one_is_held():
+    """Ray gives up at once on the dashboard port it is given, and a second workflow run on
+    one machine failed to start ("Failed to find a valid port for dashboard after 0
+    retries"). The tests hold 8265 (tests/conftest.py), so every workflow they run takes
+    this path; here it is held for certain."""
+    import socket
+
+    from avray.cluster import DASHBOARD_PORT, local_dashboard_port
+
+    with socket.socket() as held:
+        try:
+            held.bind(("127.0.0.1", DASHBOARD_PORT))
+            held.listen()
+        except OSError:
+            pass  # conftest holds it already
+        port = local_dashboard_port()
+        assert port != DASHBOARD_PORT
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))

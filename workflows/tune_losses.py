@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     args = cli.parser(__doc__).parse_args(argv)
     cfg = cli.load(args)
     source = preflight.check_job(cfg, data=args.data, output=args.output, track=True)
-    cli.start_ray(args)
+    cli.start_ray(args, cfg)
     result = tune_losses(cfg, source, args.output)
     console.say("[avray] trials, best first:\n" + format_table(result))
     best = result.best

@@ -76,6 +76,23 @@ def join_uri(base: str, relative: str) -> str:
     return os.path.join(base, relative)
 
 
+def read_text(uri: str, endpoint_override: str | None = None) -> str | None:
+    """The text of the file (or object) ``uri``, or None where there is none."""
+    fs, path = filesystem_for(uri, endpoint_override)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as handle:
+        return handle.read().decode()
+
+
+def write_text(uri: str, text: str, endpoint_override: str | None = None) -> None:
+    """``text`` as the file (or object) ``uri``, its folder created where needed."""
+    fs, path = filesystem_for(uri, endpoint_override)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as handle:
+        handle.write(text.encode())
+
+
 @dataclass(frozen=True)
 class Versioned:
     """An object's bytes and the version they are (an S3 ETag, locally a digest of the bytes),

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from avray.config import Config, TrackingConfig
-from avray.storage import is_remote
+from avray.storage import is_remote, join_uri, read_text, write_text
 
 logger = logging.getLogger("avray.tracking")
 
@@ -231,8 +231,9 @@ def start_job_run(cfg: Config, output: str, job: str = "pretrain") -> Tracker:
     """The MLflow run of a job (``pretrain``, ``tune``) writing to ``output``; re-running the job
     resumes the same run. Logs the resolved config as params and as ``config.yaml``."""
     uri = tracking_uri(cfg.tracking, output)
-    id_file = Path(output) / RUN_ID_FILE if not is_remote(output) else None
-    run_id = id_file.read_text().strip() if id_file and id_file.exists() else None
+    # Beside the checkpoints, on S3 too: a re-run that resumes them logs into their run.
+    id_file = join_uri(output, RUN_ID_FILE)
+    run_id = (read_text(id_file, cfg.data.endpoint_override) or "").strip() or None
     tracker = Tracker(
         uri,
         cfg.tracking.experiment,
@@ -240,9 +241,7 @@ def start_job_run(cfg: Config, output: str, job: str = "pretrain") -> Tracker:
         run_name=cfg.tracking.run_name or Path(output).name,
         tags={"avray.job": job},
     )
-    if id_file is not None:
-        id_file.parent.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(tracker.run_id)
+    write_text(id_file, tracker.run_id, cfg.data.endpoint_override)
     if run_id is None:
         tracker.log_params(cfg.flat())
         tracker.log_text(cfg.to_yaml(), "config.yaml")

@@ -13,16 +13,18 @@ from pathlib import Path
 from avray import console
 from avray.config import Config, ConfigError, load_config
 from avray.data.sources import SourceError
+from avray.lock import OutputInUse, OutputLock
 from avray.preflight import PreflightError
 from avray.tracking import redact
 from avray.train.faults import TrainingError
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
-# What the user must fix (a config value, a data path, a server that does not answer): one
-# line and EXIT_USAGE. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ConfigError, SourceError, PreflightError)
-# The workflow run() is running: what init_ray starts (the console capture, Ray) ends with it.
+# What the user must fix (a config value, a data path, a server that does not answer, an
+# output another run owns): one line and EXIT_USAGE. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ConfigError, SourceError, PreflightError, OutputInUse)
+# The workflow run() is running: what start_ray takes and starts (the output's lock, the
+# console capture, Ray) ends with it.
 _session: ExitStack | None = None
 
 
@@ -74,7 +76,7 @@ def init_ray(address: str | None = None, *, output: str | None = None, verbose: 
     if ray.is_initialized():
         return
     if _session is not None and not verbose and not console.captured():
-        log = console.log_path_for(output, Path(sys.argv[0]).stem or "avray")
+        log = console.log_path_for(output, workflow_name())
         _session.enter_context(console.capture(log))
         console.say(f"[avray] Ray's and MLflow's own logs go to {log} (--verbose shows them here)")
     logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -90,10 +92,19 @@ def init_ray(address: str | None = None, *, output: str | None = None, verbose: 
     ray.data.DataContext.get_current().enable_progress_bars = verbose and sys.stderr.isatty()
 
 
-def start_ray(args: argparse.Namespace, **kwargs) -> None:
-    """:func:`init_ray` for a workflow's parsed :func:`parser` flags."""
+def start_ray(args: argparse.Namespace, cfg: Config, **kwargs) -> None:
+    """:func:`init_ray` for a workflow's parsed :func:`parser` flags, once the workflow owns its
+    output (:class:`avray.lock.OutputLock`, held until :func:`run` ends): called after the
+    checks, so a refused run has started nothing."""
     output = getattr(args, "output", None) or getattr(args, "workdir", None)
+    if output is not None and _session is not None:
+        _session.enter_context(OutputLock(str(output), workflow_name(), cfg.data.endpoint_override))
     init_ray(args.ray_address, output=output, verbose=args.verbose, **kwargs)
+
+
+def workflow_name() -> str:
+    """The running workflow script's name (``pretrain``, ``prepare``, ...)."""
+    return Path(sys.argv[0]).stem or "avray"
 
 
 def finish_benchmark(figures: dict, json_path: str | None) -> int:

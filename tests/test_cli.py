@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from avray import cli
-from avray.checkpoint import CONFIG_FILE, STATE_FILE
+from avray.checkpoint import CONFIG_FILE, STATE_FILE, save_state
 from avray.config import Config
+from avray.lock import LOCK_FILE, OutputLock
+from avray.models import build_model
 from tests.test_preflight import closed_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +52,15 @@ class Scene:
     def checkpoint(self) -> str:
         """A checkpoint folder as evaluate.py and embed.py find it (the checks never load its weights)."""
         return self.folder("checkpoint", {STATE_FILE: "", CONFIG_FILE: Config().to_yaml()})
+
+    @property
+    def loadable_checkpoint(self) -> str:
+        """A checkpoint whose weights load (those of a model just built): what passes every check."""
+        cfg = Config()
+        model = build_model(cfg.model, cfg.data)
+        folder = self.tmp / "loadable-checkpoint"
+        save_state(folder, cfg, {"module": {f"model.{k}": v for k, v in model.state_dict().items()}})
+        return str(folder)
 
     def folder(self, name: str, files: dict[str, str]) -> str:
         folder = self.tmp / name
@@ -167,6 +178,19 @@ def s3_missing_bucket_output(s):
     )
 
 
+def s3_read_only_output(s):
+    server = s.s3_server()
+    server.client().create_bucket(Bucket="shared-runs")
+    s.setenv(**server.read_only_env())
+    return (
+        ["--data", s.videos, "--output", "s3://shared-runs/clips"],
+        [
+            f"the S3 endpoint {server.endpoint} does not let these credentials write to s3://shared-runs/clips",
+            "s3:PutObject",
+        ],
+    )
+
+
 def unreachable_mlflow(s):
     port = closed_port()
     s.setenv(MLFLOW_TRACKING_URI=f"http://avray:mlflow-secret@127.0.0.1:{port}")
@@ -235,6 +259,7 @@ FAULTS = [
     ("tune_losses.py", unreachable_mlflow),
     ("prepare.py", empty_data_folder),
     ("prepare.py", unreachable_s3_output),
+    ("prepare.py", s3_read_only_output),
     ("evaluate.py", evaluate_missing_data),
     ("evaluate.py", evaluate_unreachable_mlflow),
     ("evaluate.py", evaluate_model_override),
@@ -369,3 +394,43 @@ def test_a_local_cluster_takes_another_dashboard_port_while_rays_usual_one_is_he
         assert port != DASHBOARD_PORT
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
+
+
+# Each workflow that writes an output, and its arguments that pass every check (with --output).
+WRITERS = {
+    "prepare.py": lambda s: ["--data", s.videos],
+    "pretrain.py": lambda s: ["--data", s.videos],
+    "tune_losses.py": lambda s: ["--data", s.videos],
+    "evaluate.py": lambda s: ["--checkpoint", s.loadable_checkpoint, "--data", s.videos, "--no-track"],
+    "embed.py": lambda s: ["--checkpoint", s.loadable_checkpoint, "--data", s.videos],
+    "extract_features.py": lambda s: ["--data", s.videos],
+    "demo.py": lambda s: [],
+}
+
+
+@pytest.mark.parametrize("script", WRITERS)
+def test_an_output_another_run_owns_is_refused_in_one_line_naming_it(scene, capsys, script):
+    args = [*WRITERS[script](scene), "--output", str(scene.output), "--ray-address", DEAD_RAY]
+    main = runpy.run_path(str(ROOT / "workflows" / script))["main"]
+    with OutputLock(str(scene.output), "pretrain") as owner:
+        with pytest.raises(SystemExit) as exited:
+            cli.run(main, args)
+        assert_one_line_error(
+            exited.value.code,
+            capsys.readouterr().err,
+            [f"output {scene.output} is in use by pretrain (pid {os.getpid()} on host {owner.owner.host}, started "],
+        )
+        assert (scene.output / LOCK_FILE).exists()  # still the owner's
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError], ids=["ctrl-c", "error"])
+def test_the_lock_goes_when_the_run_ends_by_ctrl_c_or_an_error(scene, stop):
+    def stopped(*args, **kwargs):
+        assert (scene.output / LOCK_FILE).exists()  # held while the run runs
+        raise stop
+
+    scene.monkeypatch.setattr(cli, "init_ray", stopped)
+    main = runpy.run_path(str(ROOT / "workflows" / "prepare.py"))["main"]
+    with pytest.raises(stop):
+        cli.run(main, ["--data", scene.videos, "--output", str(scene.output)])
+    assert not (scene.output / LOCK_FILE).exists()

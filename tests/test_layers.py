@@ -13,7 +13,15 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "avray"
 LAYERS = [
     ("avray.config",),
-    ("avray.storage", "avray.cluster", "avray.checkpoint", "avray.tracking", "avray.metrics", "avray.console"),
+    (
+        "avray.storage",
+        "avray.lock",
+        "avray.cluster",
+        "avray.checkpoint",
+        "avray.tracking",
+        "avray.metrics",
+        "avray.console",
+    ),
     ("avray.data",),
     ("avray.models",),
     ("avray.objectives",),

@@ -121,6 +121,26 @@ def test_s3_data_and_outputs_that_exist_pass(s3_env, bucket):
     check_output("s3://preflight/runs/not-yet-written")
 
 
+def test_an_s3_output_these_credentials_may_read_but_not_write_is_refused(s3_server, bucket, monkeypatch):
+    for key, value in s3_server.read_only_env().items():
+        monkeypatch.setenv(key, value)
+    check_data("s3://preflight/videos", DataConfig())  # reading is allowed
+    started = time.monotonic()
+    with pytest.raises(PreflightError) as err:
+        check_output("s3://preflight/runs/1")
+    assert time.monotonic() - started < FAST_S
+    assert one_line(err).startswith(
+        f"the S3 endpoint {s3_server.endpoint} does not let these credentials write to s3://preflight/runs/1 ("
+    )
+    assert "grant them s3:PutObject and s3:DeleteObject there" in one_line(err)
+
+
+def test_the_s3_write_check_leaves_only_the_output_folder_behind(s3_env, bucket):
+    check_output("s3://preflight/runs/checked")
+    listed = s3_env.client().list_objects_v2(Bucket="preflight", Prefix="runs/checked")
+    assert [item["Key"] for item in listed["Contents"]] == ["runs/checked/"]  # pyarrow's folder marker
+
+
 def test_s3_wrong_credentials_are_told_apart(s3_env, bucket, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
     for check in (lambda: check_data("s3://preflight/videos", DataConfig()), lambda: check_output("s3://preflight/o")):

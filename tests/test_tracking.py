@@ -148,3 +148,16 @@ def test_checkpoints_keep_the_config_but_not_its_passwords(tmp_path):
     save_state(tmp_path, cfg, {"epoch": 0})
     assert PASSWORD not in (tmp_path / "config.yaml").read_text()
     assert load_config_of(tmp_path).tracking.tracking_uri == "http://user:***@mlflow:5000"
+
+
+def test_a_job_rerun_into_an_s3_output_resumes_its_mlflow_run(s3_env, tmp_path):
+    """The run id lies beside the checkpoints on S3 too: before, each re-run of a pretraining
+    on an s3:// output resumed its checkpoints but logged into a new MLflow run."""
+    s3_env.client().create_bucket(Bucket="tracked")
+    cfg = load_config(None, [f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
+    first = start_job_run(cfg, "s3://tracked/runs/exp1")
+    first.finish()
+    again = start_job_run(cfg, "s3://tracked/runs/exp1")
+    assert again.run_id == first.run_id
+    stored = s3_env.client().get_object(Bucket="tracked", Key="runs/exp1/mlflow_run_id")["Body"].read()
+    assert stored.decode() == first.run_id

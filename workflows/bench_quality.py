@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     for fresh in ("pretrain", "eval"):
         shutil.rmtree(workdir / fresh, ignore_errors=True)
     started = time.perf_counter()
-    cli.start_ray(args)
+    cli.start_ray(args, cfg)
     result = quality_run(
         cfg,
         workdir,

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     cfg = cli.load(args)
     preflight.check_job(cfg, output=args.output, track=True)
     started = time.perf_counter()
-    cli.start_ray(args)
+    cli.start_ray(args, cfg)
     result = quality_run(
         cfg,
         Path(args.output),

@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     source = preflight.check_job(cfg, data=args.data, output=args.output)
     check_inputs(cfg, source)
     check_loadable(folder)
-    cli.start_ray(args)
+    cli.start_ray(args, cfg)
     start = time.perf_counter()
     clips = load_clips(source, cfg.data)
     with console.bar("embed", "embedding", total=clips.expected):

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     folder, cfg = evaluation_config(args.checkpoint, args.overrides)  # a bad checkpoint or override fails here
     source = preflight.check_job(cfg, data=args.data, output=args.output, track=not args.no_track)
     check_loadable(folder)
-    cli.start_ray(args)
+    cli.start_ray(args, cfg)
     result = evaluate(
         args.checkpoint,
         source,

@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     args = cli.parser(__doc__).parse_args(argv)
     cfg = cli.load(args)
     source = preflight.check_job(cfg, data=args.data, output=args.output)
-    cli.start_ray(args)
+    cli.start_ray(args, cfg)
     extract_features(source, args.output, cfg, progress=lambda msg: console.say(f"[avray] {msg}"))
     return 0
 

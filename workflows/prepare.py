@@ -13,7 +13,7 @@ def main(argv=None) -> int:
     args = cli.parser(__doc__).parse_args(argv)
     cfg = cli.load(args)
     preflight.check_job(cfg, data=args.data, output=args.output)
-    cli.start_ray(args)
+    cli.start_ray(args, cfg)
     prepare(args.data, args.output, cfg.data)
     return 0
 

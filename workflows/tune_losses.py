@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     cfg = cli.load(args)
     source = preflight.check_job(cfg, data=args.data, output=args.output, track=True)
     check_resumable(cfg, args.output)
-    cli.start_ray(args)
+    cli.start_ray(args, cfg)
     result = tune_losses(cfg, source, args.output)
     console.say("[avray] trials, best first:\n" + format_table(result))
     best = result.best

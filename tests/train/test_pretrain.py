@@ -21,10 +21,13 @@ import torch
 
 from avray.checkpoint import load_state
 from avray.config import ConfigError
+from avray.lock import OutputLock
 from avray.models import load_model
 from avray.models.mlflow_model import example_inputs
-from avray.train.trainer import METRICS_FILE, pretrain
-from tests.tiny import FAULT_RUN, make_tiny_corpus, tiny_config
+from avray.tracking import RUN_ID_FILE
+from avray.train.trainer import METRICS_FILE, RUN_NAME, pretrain
+from tests.eval.test_evaluate import run_workflow
+from tests.tiny import FAULT_RUN, TINY, make_tiny_corpus, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -163,3 +166,42 @@ def test_pretrain_cli_bad_config_fails_before_work(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: unknown config key train.epochz")
     assert not (tmp_path / "o").exists()
+
+
+def checkpoint_folders(output: Path) -> list[Path]:
+    """The checkpoints Ray Train kept under ``output``, oldest first."""
+    return sorted(p for p in (output / RUN_NAME).glob("checkpoint_*") if p.is_dir())
+
+
+def test_a_second_pretrain_into_a_running_ones_output_is_refused_and_a_rerun_resumes_its_lineage(
+    ray_local, corpus, tmp_path, monkeypatch, capsys
+):
+    """Two runs into one output mixed their checkpoints, and ``mlflow_run_id`` named the second
+    while the checkpoints were the first's. The second is refused; run again once the first has
+    ended, it resumes the first's checkpoints into the first's MLflow run."""
+    output = tmp_path / "run"
+    settings = [arg for setting in (*TINY, "train.num_workers=1") for arg in ("--set", setting)]
+    mlflow_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    command = ["--data", corpus, "--output", str(output), *settings, "--set", f"tracking.tracking_uri={mlflow_uri}"]
+    assert run_workflow("pretrain.py", monkeypatch, *command, "--set", "train.epochs=2") == 0
+    run_id = (output / RUN_ID_FILE).read_text()
+    checkpoints = checkpoint_folders(output)
+    steps_per_epoch = load_state(checkpoints[-1])["global_step"] // 2
+    capsys.readouterr()
+
+    with OutputLock(str(output), "pretrain") as first:  # the first run, still running
+        assert run_workflow("pretrain.py", monkeypatch, *command, "--set", "train.epochs=3") == 2
+        refused = capsys.readouterr().err.strip()
+        assert refused.startswith(f"error: output {output} is in use by pretrain (pid {first.owner.pid} on host ")
+        assert (output / RUN_ID_FILE).read_text() == run_id
+        assert checkpoint_folders(output) == checkpoints
+
+    assert run_workflow("pretrain.py", monkeypatch, *command, "--set", "train.epochs=3") == 0
+    assert (output / RUN_ID_FILE).read_text() == run_id
+    client = mlflow.MlflowClient(tracking_uri=mlflow_uri)
+    assert [run.info.run_id for run in client.search_runs([client.get_run(run_id).info.experiment_id])] == [run_id]
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3]
+    newest = checkpoint_folders(output)[-1]
+    assert newest not in checkpoints and load_state(newest)["global_step"] == 3 * steps_per_epoch
+    records = [json.loads(line) for line in (output / METRICS_FILE).read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]

@@ -148,3 +148,14 @@ def test_checkpoints_keep_the_config_but_not_its_passwords(tmp_path):
     save_state(tmp_path, cfg, {"epoch": 0})
     assert PASSWORD not in (tmp_path / "config.yaml").read_text()
     assert load_config_of(tmp_path).tracking.tracking_uri == "http://user:***@mlflow:5000"
+
+
+def test_a_resumed_job_run_is_running_again_after_it_was_killed(tmp_path):
+    import mlflow
+
+    cfg = load_config(None, [f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
+    stopped = start_job_run(cfg, str(tmp_path / "out"))
+    stopped.finish("KILLED")
+    resumed = start_job_run(cfg, str(tmp_path / "out"))
+    assert resumed.run_id == stopped.run_id
+    assert mlflow.MlflowClient(resumed.uri).get_run(resumed.run_id).info.status == "RUNNING"

@@ -223,10 +223,11 @@ def test_a_stop_signal_ends_the_run_cleanly_and_rerunning_resumes(corpus, tmp_pa
     code, stderr = _stopped_pretrain(corpus, output, signum, None)
     assert code == 0, stderr
     assert _run_statuses(output) == ["FINISHED"]
-    # Resumed from the first epoch's checkpoint: that epoch was logged once.
+    # Resumed from a checkpoint: epoch 1 was logged once. Epoch 2 may be logged twice: the
+    # stopped run can finish it before the signal lands.
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{output}/mlflow.db")
-    run_id = (output / "mlflow_run_id").read_text()
-    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2]
+    steps = [m.step for m in client.get_metric_history((output / "mlflow_run_id").read_text(), "loss")]
+    assert steps.count(1) == 1 and steps[-1] == 2, steps
 
 
 def test_resources_no_node_has_are_refused_before_the_mlflow_run(corpus, tmp_path):

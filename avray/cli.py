@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -20,12 +21,36 @@ from avray.train.faults import TrainingError
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+# SIGINT (Ctrl-C) and SIGTERM (a batch scheduler, Kubernetes, `ray job stop`) stop a workflow
+# at any point; it exits with 128 + the signal's number, as a shell reports a process it ended.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # What the user must fix (a config value, a data path, a server that does not answer, an
 # output another run owns): one line and EXIT_USAGE. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (ConfigError, SourceError, PreflightError, OutputInUse)
 # The workflow run() is running: what start_ray takes and starts (the output's lock, the
 # console capture, Ray) ends with it.
 _session: ExitStack | None = None
+# The stop signal that arrived, if one did.
+_stopped_by: int | None = None
+
+
+def _stop(signum: int, frame) -> None:
+    global _stopped_by
+    _stopped_by = signum
+    for other in STOP_SIGNALS:  # what is left to do is shutting down: let it finish
+        signal.signal(other, signal.SIG_IGN)
+    # A KeyboardInterrupt: no ``except Exception`` swallows it, and the library meets it with
+    # its own clean-up (a pretraining run's MLflow run is KILLED). Ray's blocking calls raise
+    # a KeyboardInterrupt of their own in its place, hence _stopped_by.
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def handle_stop_signals() -> None:
+    """Turn SIGINT and SIGTERM into a KeyboardInterrupt in the main thread. Again once Ray is up:
+    its core worker takes SIGTERM with a crash handler that dumps a native stack trace and
+    aborts (exit code 134)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _stop)
 
 
 def parser(description: str, *, data: bool = True, output: bool = True) -> argparse.ArgumentParser:
@@ -87,6 +112,7 @@ def init_ray(address: str | None = None, *, output: str | None = None, verbose: 
         kwargs.setdefault("dashboard_port", local_dashboard_port())
     ray.init(address=address or "local", include_dashboard=True, **kwargs)
     if _session is not None:
+        handle_stop_signals()
         _session.callback(ray.shutdown)  # before the capture ends: shutting down logs too
     # avray draws its own bars (avray.console); Ray Data's would land in the log file.
     ray.data.DataContext.get_current().enable_progress_bars = verbose and sys.stderr.isatty()
@@ -121,11 +147,18 @@ def finish_benchmark(figures: dict, json_path: str | None) -> int:
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
     """Run a workflow's ``main``; a user error (:data:`USER_ERRORS`) is one line and exit code 2,
-    training stopped by an error that a retry would repeat (:class:`TrainingError`) one line and 1."""
-    global _session
+    training stopped by an error that a retry would repeat (:class:`TrainingError`) one line and 1,
+    a stop signal (:data:`STOP_SIGNALS`) one line and 128 + its number."""
+    global _session, _stopped_by
+    before = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    handle_stop_signals()
     try:
         with ExitStack() as _session:
             code = main(argv)
+    except KeyboardInterrupt:
+        signum = _stopped_by or signal.SIGINT
+        print(f"stopped by {signal.Signals(signum).name}: run the same command again to resume", file=sys.stderr)
+        code = 128 + signum
     except USER_ERRORS as err:
         print(f"error: {redact(str(err))}", file=sys.stderr)
         code = EXIT_USAGE
@@ -133,5 +166,7 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         print(f"error: {redact(str(err))}", file=sys.stderr)
         code = EXIT_FAILED
     finally:
-        _session = None
+        _session, _stopped_by = None, None
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
     sys.exit(code)

@@ -374,6 +374,12 @@ class TuneConfig:
         _check(self.zipf_exponent > 0, "tune.zipf_exponent must be > 0")
         _check(self.cpus_per_trial > 0, "tune.cpus_per_trial must be > 0")
         _check(self.gpus_per_trial >= 0, "tune.gpus_per_trial must be >= 0")
+        # A trial trains on one device (avray.tune.trainable): a second GPU would sit idle.
+        _check(
+            self.gpus_per_trial <= 1,
+            f"tune.gpus_per_trial={self.gpus_per_trial:g}: a trial trains on one GPU, so more would sit idle; "
+            "use 1 (or a fraction to share one), and more trials to use more GPUs",
+        )
         _check(
             self.scheduler not in ("pbt", "pb2") or self.search_alg == "random",
             f"tune.scheduler={self.scheduler} evolves its own population: use tune.search_alg=random "

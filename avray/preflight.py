@@ -9,16 +9,23 @@ for a missing or empty data path. ``avray.cli.run`` prints it as ``error: ...`` 
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import ssl
+import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
+from avray import console
 from avray.config import Config, DataConfig
 from avray.data.shards import DataSource, resolve_source
 from avray.data.sources import list_videos
@@ -35,6 +42,10 @@ MLFLOW_TIMEOUT_S = 5.0
 # The object written (and deleted) to check that an S3 output takes writes; "_": parquet
 # readers skip it, should a run die between the two requests.
 WRITE_PROBE = "_avray-write-check"
+# How long a cluster that autoscales may take to add the nodes a job asks for (cloud VMs
+# and GPU nodes take minutes to boot); AVRAY_AUTOSCALE_WAIT_S changes it.
+AUTOSCALE_WAIT_S = float(os.environ.get("AVRAY_AUTOSCALE_WAIT_S", 600))
+AUTOSCALE_POLL_S = 1.0
 
 # Words in pyarrow's S3 errors (from the AWS SDK and curl) that tell the failures apart.
 S3_UNREACHABLE = ("NETWORK_CONNECTION", "curlCode")
@@ -215,3 +226,172 @@ def without_userinfo(uri: str) -> str:
     if "@" not in parts.netloc:
         return uri
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+@dataclass(frozen=True)
+class ResourceAsk:
+    """``count`` bundles of ``bundle`` that a job asks Ray for, each on one node (a worker, a
+    trial, a task); ``settings`` names the config values that chose them."""
+
+    what: str
+    count: int
+    bundle: Mapping[str, float]
+    settings: str
+
+
+def training_ask(cfg: Config) -> ResourceAsk:
+    from avray.train.trainer import scaling
+
+    scaling_config = scaling(cfg)
+    return ResourceAsk(
+        "pretraining worker",
+        scaling_config.num_workers,
+        scaling_config.resources_per_worker,
+        f"train.num_workers={_setting(cfg.train.num_workers)}, train.cpus_per_worker={cfg.train.cpus_per_worker:g}, "
+        f"train.use_gpu={_setting(cfg.train.use_gpu)}",
+    )
+
+
+def trial_ask(cfg: Config) -> ResourceAsk:
+    """One trial: Tune runs as many at once as the cluster holds, and at least one must fit."""
+    bundle = {"CPU": cfg.tune.cpus_per_trial, "GPU": cfg.tune.gpus_per_trial}
+    return ResourceAsk(
+        "sweep trial",
+        1,
+        {name: amount for name, amount in bundle.items() if amount > 0},
+        f"tune.cpus_per_trial={cfg.tune.cpus_per_trial:g}, tune.gpus_per_trial={cfg.tune.gpus_per_trial:g}",
+    )
+
+
+def decode_ask(cfg: Config) -> ResourceAsk:
+    """One task reading or decoding clips (every job that reads a corpus has them)."""
+    return ResourceAsk(
+        "decode task",
+        1,
+        {"CPU": cfg.data.cpus_per_decode_task},
+        f"data.cpus_per_decode_task={cfg.data.cpus_per_decode_task:g}",
+    )
+
+
+def _setting(value) -> str:
+    return "auto" if value is None else str(value).lower()
+
+
+def check_resources(*asks: ResourceAsk, wait_s: float = AUTOSCALE_WAIT_S) -> None:
+    """Every ask fits on the cluster Ray joined, or a PreflightError naming what was asked and
+    what the cluster has. Ray would instead wait for it forever (Ray Train's worker group
+    times out and retries, a Tune trial stays PENDING, a task never starts).
+
+    A cluster that autoscales (:func:`autoscaler_node_types`) is given ``wait_s`` to add nodes
+    for what does not fit yet, unless the node types its autoscaler may add cannot hold it."""
+    nodes = node_resources()
+    short = [ask for ask in asks if bundles_that_fit(ask.bundle, nodes) < ask.count]
+    if not short:
+        return
+    node_types = autoscaler_node_types()
+    if node_types is None:
+        raise PreflightError(_not_held(short[0], nodes, "and nothing autoscales it"))
+    for ask in short:
+        if node_types and _fit_in_node_types(ask.bundle, node_types) < ask.count:
+            raise PreflightError(
+                _not_held(ask, nodes, f"and its autoscaler adds at most {_node_types(node_types, ask.bundle)}")
+            )
+    _wait_for_autoscaler(short, wait_s)
+
+
+def node_resources() -> list[dict[str, float]]:
+    """The resources of each node of the cluster that is alive."""
+    import ray
+
+    return [node["Resources"] for node in ray.nodes() if node["Alive"]]
+
+
+def bundles_that_fit(bundle: Mapping[str, float], nodes: Sequence[Mapping[str, float]]) -> float:
+    """How many copies of ``bundle`` the ``nodes`` hold, each copy on one node."""
+    return sum(_per_node(bundle, node) for node in nodes)
+
+
+def _per_node(bundle: Mapping[str, float], node: Mapping[str, float]) -> float:
+    """Copies of ``bundle`` one ``node`` holds (``math.inf`` for a bundle that asks for nothing)."""
+    return min((node.get(name, 0) // amount for name, amount in bundle.items() if amount > 0), default=math.inf)
+
+
+def _fit_in_node_types(bundle: Mapping[str, float], node_types: Sequence[tuple[dict[str, float], float]]) -> float:
+    return sum(count * fits for resources, count in node_types if (fits := _per_node(bundle, resources)))
+
+
+def autoscaler_node_types() -> list[tuple[dict[str, float], float]] | None:
+    """The node types the cluster's autoscaler may add, each with its resources and max count
+    (``math.inf``: no limit); an empty list when the autoscaler does not say; None when
+    nothing autoscales the cluster.
+
+    An autoscaler announces itself in the GCS: autoscaler v2 (KubeRay, the cluster launcher
+    with ``RAY_enable_autoscaler_v2=1``) stores the cluster's node types and their max counts,
+    which Ray Train checks its worker group against too; autoscaler v1's monitor stores its
+    report every few seconds (what ``ray status`` prints, with no max counts in it). Every
+    head runs that monitor, but without an autoscaling config (``ray.init``, ``ray start
+    --head`` alone) it only watches, and names each node's type after the node."""
+    from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+    from ray._private.state import state
+    from ray.autoscaler._private.util import format_readonly_node_type
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    config = state.get_cluster_config()
+    if config is not None and config.node_group_configs:
+        return [
+            (
+                {name: float(amount) for name, amount in group.resources.items()},
+                math.inf if group.max_count == -1 else group.max_count,
+            )
+            for group in config.node_group_configs
+        ]
+    status = _internal_kv_get(DEBUG_AUTOSCALING_STATUS)
+    node_types = (json.loads(status).get("autoscaler_report") or {}).get("node_type_mapping") or {} if status else {}
+    if any(node_type != format_readonly_node_type(node) for node, node_type in node_types.items()):
+        return []
+    return None
+
+
+def _wait_for_autoscaler(asks: Sequence[ResourceAsk], wait_s: float) -> None:
+    """Ask the autoscaler for ``asks`` and wait up to ``wait_s`` until the cluster holds them."""
+    from ray.autoscaler.sdk import request_resources
+
+    console.say(f"[avray] waiting up to {wait_s:.0f} s for the autoscaler to add nodes for {_asked(asks[0])}")
+    request_resources(bundles=[dict(ask.bundle) for ask in asks for _ in range(ask.count)])
+    deadline = time.monotonic() + wait_s
+    try:
+        while short := [ask for ask in asks if bundles_that_fit(ask.bundle, node_resources()) < ask.count]:
+            if time.monotonic() >= deadline:
+                raise PreflightError(
+                    _not_held(short[0], node_resources(), f"and its autoscaler added none for it in {wait_s:.0f} s")
+                )
+            time.sleep(AUTOSCALE_POLL_S)
+    finally:
+        request_resources(bundles=[])  # a request stands until replaced: it would keep the nodes up for good
+
+
+def _not_held(ask: ResourceAsk, nodes: Sequence[Mapping[str, float]], why: str) -> str:
+    return (
+        f"{_asked(ask)} ({ask.settings}), but the cluster holds {bundles_that_fit(ask.bundle, nodes):g}: it has "
+        f"{_nodes(nodes, ask.bundle)}, {why}; lower them, or join a cluster that has them (--ray-address)"
+    )
+
+
+def _asked(ask: ResourceAsk) -> str:
+    return f"{ask.count} {ask.what}{'s' if ask.count != 1 else ''} of ({_amounts(ask.bundle, ask.bundle)}) each"
+
+
+def _nodes(nodes: Sequence[Mapping[str, float]], bundle: Mapping[str, float]) -> str:
+    """``nodes`` in a few words, naming only the resources ``bundle`` asks for."""
+    kinds = Counter(_amounts(node, bundle) for node in nodes)
+    return f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}: " + ", ".join(
+        f"{count} x ({kind})" for kind, count in kinds.items()
+    )
+
+
+def _node_types(node_types: Sequence[tuple[dict[str, float], float]], bundle: Mapping[str, float]) -> str:
+    return ", ".join(f"{count:g} x ({_amounts(resources, bundle)})" for resources, count in node_types)
+
+
+def _amounts(resources: Mapping[str, float], bundle: Mapping[str, float]) -> str:
+    return ", ".join(f"{name} {resources.get(name, 0):g}" for name, amount in sorted(bundle.items()) if amount > 0)

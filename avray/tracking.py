@@ -226,6 +226,10 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         self._call("set_terminated", status)
 
+    def reopen(self) -> None:
+        """The run is RUNNING again (resumed after it was KILLED or FAILED), with no end time."""
+        self._call("update_run", status="RUNNING")
+
 
 def start_job_run(cfg: Config, output: str, job: str = "pretrain") -> Tracker:
     """The MLflow run of a job (``pretrain``, ``tune``) writing to ``output``; re-running the job
@@ -246,6 +250,8 @@ def start_job_run(cfg: Config, output: str, job: str = "pretrain") -> Tracker:
     if run_id is None:
         tracker.log_params(cfg.flat())
         tracker.log_text(cfg.to_yaml(), "config.yaml")
+    else:
+        tracker.reopen()
     return tracker
 
 

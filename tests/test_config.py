@@ -49,6 +49,8 @@ def test_yaml_and_overrides_are_typed(tmp_path):
         ("train.epochs=0o10", "train.epochs must be an integer, got '0o10'"),
         ("train.epochs=0b11", "train.epochs must be an integer, got '0b11'"),
         ("train.epochs=1:30", "train.epochs must be an integer, got '1:30'"),
+        # A trial trains on one device: a second GPU it reserved would sit idle.
+        ("tune.gpus_per_trial=2", "tune.gpus_per_trial=2: a trial trains on one GPU"),
     ],
 )
 def test_bad_values_name_the_key(override, message):

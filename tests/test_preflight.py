@@ -1,20 +1,27 @@
 """Start-up checks (avray.preflight): each failure within seconds, in one line naming what to fix."""
 
+import contextlib
 import http.server
+import json
 import socket
 import threading
 import time
 
 import pytest
 
-from avray.config import DataConfig
+from avray.config import DataConfig, load_config, with_overrides
 from avray.data.shards import PREPARED_MARKER
 from avray.data.sources import SourceError
 from avray.preflight import (
     PreflightError,
+    bundles_that_fit,
     check_data,
     check_output,
+    check_resources,
     check_tracking_server,
+    decode_ask,
+    training_ask,
+    trial_ask,
     without_userinfo,
 )
 
@@ -226,3 +233,92 @@ def test_userinfo_is_stripped_and_nothing_else():
     assert without_userinfo("https://user:p%40ss@host:5000/a?b=1") == "https://host:5000/a?b=1"
     assert without_userinfo("https://token@host/a") == "https://host/a"
     assert without_userinfo("http://host:5000") == "http://host:5000"
+
+
+@pytest.mark.parametrize(
+    "overrides, ask, words",
+    [
+        (
+            ["train.cpus_per_worker=64"],
+            training_ask,
+            ["1 pretraining worker of (CPU 64) each", "train.cpus_per_worker=64"],
+        ),
+        (["train.use_gpu=true"], training_ask, ["1 pretraining worker of (CPU 1, GPU 1) each", "(CPU 2, GPU 0)"]),
+        (["train.num_workers=3"], training_ask, ["3 pretraining workers of (CPU 1) each", "holds 2"]),
+        (["tune.cpus_per_trial=4"], trial_ask, ["1 sweep trial of (CPU 4) each", "tune.cpus_per_trial=4"]),
+        (["tune.gpus_per_trial=1"], trial_ask, ["1 sweep trial of (CPU 1, GPU 1) each", "tune.gpus_per_trial=1"]),
+        (["data.cpus_per_decode_task=3"], decode_ask, ["1 decode task of (CPU 3) each", "data.cpus_per_decode_task=3"]),
+    ],
+)
+def test_resources_the_cluster_cannot_give_are_refused_at_once(ray_local, overrides, ask, words):
+    start = time.perf_counter()
+    with pytest.raises(PreflightError) as err:
+        check_resources(ask(load_config(None, overrides)))
+    assert time.perf_counter() - start < FAST_S
+    message = one_line(err)
+    for word in [*words, "1 node: 1 x (CPU 2", "nothing autoscales it", "--ray-address"]:
+        assert word in message, message
+
+
+def test_resources_the_cluster_holds_pass(ray_local):
+    cfg = load_config(None, ["train.num_workers=2", "tune.cpus_per_trial=2", "data.cpus_per_decode_task=0.5"])
+    check_resources(training_ask(cfg), trial_ask(cfg), decode_ask(cfg))
+
+
+@contextlib.contextmanager
+def announced_autoscaler(key: str, value: bytes, namespace: str | None = None):
+    """The record an autoscaler keeps in the GCS (``key`` in ``namespace``), written there:
+    what avray reads to tell that the cluster autoscales, and how far."""
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
+
+    _internal_kv_put(key, value, namespace=namespace)
+    try:
+        yield
+    finally:
+        _internal_kv_del(key, namespace=namespace)
+
+
+def test_an_autoscaling_cluster_gets_a_bounded_wait_and_then_the_reason(ray_local):
+    from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+
+    cfg = load_config(None, ["train.cpus_per_worker=4"])
+    # Autoscaler v1's report on a cluster of a head and a node of the type "cpu".
+    report = {"autoscaler_report": {"node_type_mapping": {"0a1b": "head", "2c3d": "cpu"}}, "load_metrics_report": {}}
+    with announced_autoscaler(DEBUG_AUTOSCALING_STATUS, json.dumps(report).encode()):
+        start = time.perf_counter()
+        with pytest.raises(PreflightError) as err:
+            check_resources(training_ask(cfg), wait_s=1)
+        waited = time.perf_counter() - start
+    assert 1 <= waited < FAST_S
+    assert "1 pretraining worker of (CPU 4) each" in one_line(err)
+    assert "its autoscaler added none for it in 1 s" in one_line(err)
+
+
+def test_what_the_autoscalers_node_types_cannot_hold_is_refused_without_waiting(ray_local):
+    from ray._raylet import GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, GCS_AUTOSCALER_STATE_NAMESPACE
+    from ray.core.generated.autoscaler_pb2 import ClusterConfig, NodeGroupConfig
+
+    node_types = ClusterConfig(
+        node_group_configs=[
+            NodeGroupConfig(name="head", resources={"CPU": 2}, max_count=1),
+            NodeGroupConfig(name="cpu", resources={"CPU": 8}, max_count=2),
+        ]
+    )
+    cfg = load_config(None, ["train.cpus_per_worker=8", "train.num_workers=3"])
+    with announced_autoscaler(
+        GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, node_types.SerializeToString(), GCS_AUTOSCALER_STATE_NAMESPACE
+    ):
+        with pytest.raises(PreflightError) as err:
+            check_resources(training_ask(cfg), wait_s=600)
+        assert "its autoscaler adds at most 1 x (CPU 2), 2 x (CPU 8)" in one_line(err)
+        # Two such workers fit the node types: the cluster may yet grow to hold them.
+        with pytest.raises(PreflightError, match="added none for it in 1 s"):
+            check_resources(training_ask(with_overrides(cfg, {"train.num_workers": 2})), wait_s=1)
+
+
+def test_bundles_that_fit_counts_whole_bundles_per_node():
+    nodes = [{"CPU": 3.0, "GPU": 1.0}, {"CPU": 8.0}]
+    assert bundles_that_fit({"CPU": 2}, nodes) == 1 + 4
+    assert bundles_that_fit({"CPU": 1, "GPU": 1}, nodes) == 1
+    assert bundles_that_fit({"CPU": 0.5, "GPU": 0}, nodes) == 6 + 16
+    assert bundles_that_fit({"GPU": 2}, nodes) == 0

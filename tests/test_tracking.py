@@ -161,3 +161,14 @@ def test_a_job_rerun_into_an_s3_output_resumes_its_mlflow_run(s3_env, tmp_path):
     assert again.run_id == first.run_id
     stored = s3_env.client().get_object(Bucket="tracked", Key="runs/exp1/mlflow_run_id")["Body"].read()
     assert stored.decode() == first.run_id
+
+
+def test_a_resumed_job_run_is_running_again_after_it_was_killed(tmp_path):
+    import mlflow
+
+    cfg = load_config(None, [f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
+    stopped = start_job_run(cfg, str(tmp_path / "out"))
+    stopped.finish("KILLED")
+    resumed = start_job_run(cfg, str(tmp_path / "out"))
+    assert resumed.run_id == stopped.run_id
+    assert mlflow.MlflowClient(resumed.uri).get_run(resumed.run_id).info.status == "RUNNING"

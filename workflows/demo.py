@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     preflight.check_job(cfg, output=args.output, track=True)
     started = time.perf_counter()
     cli.start_ray(args, cfg)
+    preflight.check_resources(preflight.training_ask(cfg), preflight.decode_ask(cfg))
     result = quality_run(
         cfg,
         Path(args.output),

@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     check_inputs(cfg, source)
     check_loadable(folder)
     cli.start_ray(args, cfg)
+    preflight.check_resources(preflight.decode_ask(cfg))
     start = time.perf_counter()
     clips = load_clips(source, cfg.data)
     with console.bar("embed", "embedding", total=clips.expected):

@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     source = preflight.check_job(cfg, data=args.data, output=args.output, track=not args.no_track)
     check_loadable(folder)
     cli.start_ray(args, cfg)
+    preflight.check_resources(preflight.decode_ask(cfg))
     result = evaluate(
         args.checkpoint,
         source,

@@ -21,6 +21,7 @@ def main(argv=None) -> int:
     cfg = cli.load(args)
     source = preflight.check_job(cfg, data=args.data, output=args.output)
     cli.start_ray(args, cfg)
+    preflight.check_resources(preflight.decode_ask(cfg))
     extract_features(source, args.output, cfg, progress=lambda msg: console.say(f"[avray] {msg}"))
     return 0
 

@@ -14,6 +14,7 @@ def main(argv=None) -> int:
     cfg = cli.load(args)
     preflight.check_job(cfg, data=args.data, output=args.output)
     cli.start_ray(args, cfg)
+    preflight.check_resources(preflight.decode_ask(cfg))
     prepare(args.data, args.output, cfg.data)
     return 0
 

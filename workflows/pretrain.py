@@ -22,6 +22,7 @@ def main(argv=None) -> int:
     cfg = cli.load(args)
     source = preflight.check_job(cfg, data=args.data, output=args.output, track=True)
     cli.start_ray(args, cfg)
+    preflight.check_resources(preflight.training_ask(cfg), preflight.decode_ask(cfg))
     result = pretrain(cfg, source, args.output)
     final = {k: v for k, v in result.metrics.items() if k.startswith(("loss", "val/", "clips_per_s"))}
     console.say("[avray] done: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(final.items()) if isinstance(v, float)))

@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     source = preflight.check_job(cfg, data=args.data, output=args.output, track=True)
     check_resumable(cfg, args.output)
     cli.start_ray(args, cfg)
+    preflight.check_resources(preflight.trial_ask(cfg), preflight.decode_ask(cfg))
     result = tune_losses(cfg, source, args.output)
     console.say("[avray] trials, best first:\n" + format_table(result))
     best = result.best

@@ -103,7 +103,13 @@ class FailFastPolicy(FailurePolicy):
 
 
 class FailFastTorchTrainer(TorchTrainer):
-    """A ``TorchTrainer`` whose controller decides retries with :class:`FailFastPolicy`."""
+    """A ``TorchTrainer`` whose controller decides retries with :class:`FailFastPolicy`, and
+    which leaves SIGINT to the workflow."""
+
+    def _register_sigint_handler(self, controller) -> None:
+        """Ray Train's own: it asked the controller to abort and carried on waiting, and a
+        controller still starting ignored that and trained to the end. avray.cli turns
+        Ctrl-C into an exception that ends the job instead, and re-running resumes."""
 
     def _initialize_and_run_controller(self, **controller_kwargs):
         controller_kwargs["failure_policy"] = FailFastPolicy(self.run_config.failure_config)

@@ -163,8 +163,8 @@ def pretrain(cfg: Config, data: str | DataSource, output: str, track: bool = Tru
     # Before the MLflow run is created: a batch the clips cannot fill leaves nothing behind.
     total_steps = cfg.train.epochs * steps_per_epoch(cfg, data, scaling(cfg).num_workers)
     tracker = start_job_run(cfg, output) if track else None
-    trainer = build_trainer(cfg, data, output, tracker, cache)
     try:
+        trainer = build_trainer(cfg, data, output, tracker, cache)
         with console.bar("train", "training", total=total_steps, unit="step"):
             result = trainer.fit()
     except ray.train.TrainingFailedError as err:
@@ -173,6 +173,10 @@ def pretrain(cfg: Config, data: str | DataSource, output: str, track: bool = Tru
             tracker.finish("FAILED")
         if fatal is not None:
             raise fatal from None
+        raise
+    except KeyboardInterrupt:  # Ctrl-C, or a stop signal (avray.cli): re-running resumes
+        if tracker is not None:
+            tracker.finish("KILLED")
         raise
     history = result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []
     checkpoint = checkpoint_uri(result.checkpoint) if result.checkpoint else None

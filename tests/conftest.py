@@ -35,15 +35,32 @@ def pytest_configure(config):
     config.stash[_DASHBOARD_PORT_HELD] = holder
 
 
+# Modules whose tests share the session's ``uninterrupted_run`` (a two-node training run): one
+# pytest-xdist worker runs them all, so it is built once.
+SHARING_UNINTERRUPTED_RUN = ("tests/train/test_pretrain.py", "tests/cluster/test_node_loss.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``pytest -n N`` (``make test``): each test module runs in one worker, so its
+    module-scoped fixtures (a trained model, a corpus) are built once, and the modules of
+    :data:`SHARING_UNINTERRUPTED_RUN` in the same one. (``--dist loadgroup`` with groups set
+    here would say the same, but pytest 9 no longer sees the group xdist 3.8 adds to a test's
+    id, and every test went its own way.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "uninterrupted_run" if module in SHARING_UNINTERRUPTED_RUN else module
+
+    return ByModule(config, log)
+
+
 def pytest_collection_modifyitems(items):
-    """Under ``pytest -n N --dist loadgroup`` (``make test``): a module's tests run in one
-    worker, so its module-scoped fixtures (a trained model, a corpus) are built once; the
-    modules that share the session's ``uninterrupted_run`` (a two-node training run) run in
-    one worker too, for the same reason. Tests still run in file order within a worker."""
-    sharing = {item.module.__name__ for item in items if "uninterrupted_run" in item.fixturenames}
-    for item in items:
-        module = item.module.__name__
-        item.add_marker(pytest.mark.xdist_group("uninterrupted_run" if module in sharing else module))
+    stray = {item.nodeid.split("::")[0] for item in items if "uninterrupted_run" in item.fixturenames}
+    stray -= set(SHARING_UNINTERRUPTED_RUN)
+    if stray:
+        raise pytest.UsageError(f"add {sorted(stray)} to SHARING_UNINTERRUPTED_RUN in tests/conftest.py")
 
 
 @pytest.hookimpl(trylast=True)

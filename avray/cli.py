@@ -155,8 +155,10 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     try:
         with ExitStack() as _session:
             code = main(argv)
-    except KeyboardInterrupt:
-        signum = _stopped_by or signal.SIGINT
+    except KeyboardInterrupt as stop:
+        # A library that stopped gracefully on a signal of its own handling names it (avray.tune).
+        named = stop.args[0] if stop.args and stop.args[0] in signal.Signals.__members__ else None
+        signum = _stopped_by or (signal.Signals[named] if named else signal.SIGINT)
         print(f"stopped by {signal.Signals(signum).name}: run the same command again to resume", file=sys.stderr)
         code = 128 + signum
     except USER_ERRORS as err:

@@ -9,10 +9,15 @@ Re-running the same command after the driver died resumes the sweep (``Tuner.res
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
+import os
+import signal
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,7 +172,11 @@ def tune_losses(cfg: Config, data: str | DataSource, output: str) -> SweepResult
             ),
         )
     with console.bar("sweep", "sweep", total=cfg.tune.num_samples * cfg.train.epochs, unit="epoch"):
-        grid = tuner.fit()
+        with _stop_signals_end_the_sweep_gracefully() as stopped:
+            grid = tuner.fit()
+    if stopped:
+        parent.finish("KILLED")
+        raise KeyboardInterrupt(stopped[0].name)
     return _summarise(
         cfg,
         grid,
@@ -178,6 +187,38 @@ def tune_losses(cfg: Config, data: str | DataSource, output: str) -> SweepResult
         recorded_results(record),
         ray.get(failures.get.remote()),
     )
+
+
+@contextlib.contextmanager
+def _stop_signals_end_the_sweep_gracefully() -> Iterator[list[signal.Signals]]:
+    """SIGINT or SIGTERM during ``tuner.fit()`` stops the sweep as Tune's own Ctrl-C does: the
+    trials end, the experiment's state is saved (re-running the command resumes it) and
+    ``fit`` returns. The signal is then in the yielded list, for the caller to end as any
+    stopped workflow (a KeyboardInterrupt). Tune's handler takes SIGINT only and hides that it
+    fired; SIGUSR1, which Tune also installs, is the same graceful stop."""
+    stopped: list[signal.Signals] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield stopped
+        return
+
+    def stop(signum, frame):
+        stopped.append(signal.Signals(signum))
+        graceful = signal.getsignal(signal.SIGUSR1)
+        if callable(graceful):
+            graceful(signum, frame)
+
+    before = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    disabled = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # else fit() puts its own in place of stop()
+    try:
+        yield stopped
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+        if disabled is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER")
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = disabled
 
 
 def _trial_row(result, metric: str, objectives: list[str], recorded: list[dict] | None, cause: str | None) -> dict:

@@ -94,6 +94,15 @@ def test_a_corpus_of_only_bad_files_fails_clearly(ray_local, tmp_path):
         decode_dataset(build_clip_index(str(tmp_path), CFG), CFG)
 
 
+def test_a_corpus_of_videos_shorter_than_a_clip_fails_naming_each(ray_local, tmp_path):
+    """Once an ArrowNotImplementedError (array_take on a null column) with the files unlisted."""
+    for i in range(2):
+        make_good_video(tmp_path / f"short{i}.mp4", seconds=0.5, fps=12, size=48, sample_rate=16000, seed=i)
+    with pytest.raises(SourceError, match="every video was skipped") as refused:
+        decode_dataset(build_clip_index(str(tmp_path), CFG), CFG)
+    assert all(f"too_short        {tmp_path / f'short{i}.mp4'}" in str(refused.value) for i in range(2)), refused.value
+
+
 def test_epoch_clock_gives_each_epoch_fresh_offsets_in_one_dataset(index, ray_local):
     """Ray Train re-reads one dataset every epoch; the clock makes each read a new epoch's clips."""
     from avray.data.pipeline import EpochClock

@@ -1,5 +1,11 @@
 """A tiny model and corpus for the end-to-end tests: a few seconds of CPU per epoch."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from avray.config import load_config
@@ -53,3 +59,36 @@ FAULT_RUN = (
     "objectives.dcca.weight=0.1",
     "objectives.sdl.weight=0.1",
 )
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_workflow_process(
+    script: str,
+    args: Sequence[str],
+    settings: Sequence[str] = (),
+    stop: signal.Signals | None = None,
+    when: Callable[[], bool] = lambda: True,
+) -> subprocess.CompletedProcess:
+    """``python workflows/<script> ARGS --set SETTING...`` as a user runs it (MLflow in its
+    output's sqlite file), sent ``stop`` once ``when()`` holds; its exit code and output."""
+    overrides = [arg for setting in settings for arg in ("--set", setting)]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    process = subprocess.Popen(
+        [sys.executable, f"workflows/{script}", *args, *overrides],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while stop is not None and process.poll() is None and not when():
+            time.sleep(0.05)
+        if stop is not None and process.poll() is None:
+            process.send_signal(stop)
+        stdout, stderr = process.communicate(timeout=300)
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    finally:
+        process.kill()

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -20,7 +19,7 @@ from avray.lock import OutputLock
 from avray.tracking import RUN_ID_FILE
 from avray.train.trainer import METRICS_FILE, RUN_NAME
 from tests.eval.test_evaluate import run_workflow
-from tests.tiny import TINY
+from tests.tiny import TINY, run_workflow_process
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -69,27 +68,17 @@ def test_a_second_pretrain_into_a_running_ones_output_is_refused_and_a_rerun_res
 CHECKPOINTS = "pretrain/checkpoint_manager_snapshot.json"
 
 
-def _stopped_pretrain(corpus: str, output: Path, signum: int, when: str) -> tuple[int, str]:
-    """``workflows/pretrain.py`` on the tiny corpus (MLflow in ``output``'s sqlite file), sent
-    ``signum`` once ``output / when`` exists (None: never); its exit code and stderr."""
-    overrides = [arg for setting in (*TINY, "train.epochs=2", "train.num_workers=1") for arg in ("--set", setting)]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    process = subprocess.Popen(
-        [sys.executable, "workflows/pretrain.py", "--data", corpus, "--output", str(output), *overrides],
-        cwd=ROOT,
-        env={**env, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+def _stopped_pretrain(corpus: str, output: Path, signum: int, when: str | None) -> tuple[int, str]:
+    """``workflows/pretrain.py`` on the tiny corpus, sent ``signum`` once ``output / when``
+    exists (None: never); its exit code and stderr."""
+    done = run_workflow_process(
+        "pretrain.py",
+        ["--data", corpus, "--output", str(output)],
+        (*TINY, "train.epochs=2", "train.num_workers=1"),
+        signum if when is not None else None,
+        lambda: (output / when).exists(),
     )
-    try:
-        while when is not None and not (output / when).exists() and process.poll() is None:
-            time.sleep(0.05)
-        if process.poll() is None and when is not None:
-            process.send_signal(signum)
-        return process.wait(timeout=300), process.stderr.read()
-    finally:
-        process.kill()
+    return done.returncode, done.stderr
 
 
 def _run_statuses(output: Path) -> list[str]:

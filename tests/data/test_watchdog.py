@@ -62,7 +62,8 @@ def test_a_file_whose_ffmpeg_call_never_returns_is_skipped_as_timeout_and_the_jo
         "data.val_fraction=0",
         f"data.clips_per_video={CLIPS_PER_VIDEO}",
         "data.decode_batch_size=1",
-        # One slot: each decode task holds several videos, so the one that hangs shares its task.
+        # One slot: each decode task holds several videos, so the one that hangs shares its task
+        # (with the default seed it is the third of four, after two blocks were delivered).
         "data.decode_concurrency=1",
     ).data
     with own_cluster(2, runtime_env={"worker_process_setup_hook": _hang_on_chosen_files}):

@@ -72,8 +72,7 @@ class Deadline:
     Checked before every packet and handed to PyAV for its open and reads, so neither a
     file that is slow to decode nor one that never ends (a demux loop over millions of
     packets, a stalled read) holds a worker longer than that. One FFmpeg call that
-    never returns cannot be interrupted from Python: in the pipeline's Ray tasks,
-    ``avray.data.watchdog`` ends the worker then.
+    never returns cannot be interrupted from Python; the checks bound everything else.
     """
 
     def __init__(self, seconds: float, task: str):

@@ -12,9 +12,8 @@ import pyarrow.parquet as pq
 import ray
 
 from avray import console
-from avray.cluster import on_driver_node
 from avray.config import DataConfig
-from avray.data.report import SkipLog, SkipReport
+from avray.data.report import SkipReport
 from avray.data.sources import list_videos
 from avray.data.stages import clip_id, clip_starts, probe_videos, random_start, video_unit
 from avray.storage import filesystem_for
@@ -134,17 +133,16 @@ def build_clip_index(uri: str, cfg: DataConfig) -> ClipIndex:
         console.say(f"[avray] {note}")
     items = [{"uri": ref.uri, "label": ref.label} for ref in listing.videos]
     blocks = max(1, min(len(items), 4 * decode_parallelism(cfg)))
-    skip_log = on_driver_node(SkipLog).remote()  # where a file that hangs probing is reported
     probed = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
         probe_videos,
-        fn_kwargs={"cfg": cfg, "skip_log": skip_log},
+        fn_kwargs={"cfg": cfg},
         batch_format="numpy",
         batch_size=None,
         compute=ray.data.TaskPoolStrategy(size=decode_parallelism(cfg)),
         num_cpus=cfg.cpus_per_decode_task,
     )
     videos = pa.concat_tables(ray.get(probed.to_arrow_refs())).to_pylist()
-    report = listing.report.merge(ray.get(skip_log.get.remote()))
+    report = listing.report
     rows = []
     for video in sorted(videos, key=lambda v: v["source"]):
         if video["reason"]:

@@ -26,7 +26,7 @@ NO_VIDEO_STREAM = "no_video_stream"  # audio-only or data-only container (cover 
 UNSUPPORTED = "unsupported"
 TOO_SHORT = "too_short"  # shorter than one clip
 DECODE_ERROR = "decode_error"  # opened, but decoding the clip window failed
-TIMEOUT = "timeout"  # probing or decoding exceeded data.decode_timeout_s, or an FFmpeg call never returned
+TIMEOUT = "timeout"  # decoding exceeded data.decode_timeout_s
 NO_PATH = "no_path"  # a manifest row with an empty path
 DUPLICATE = "duplicate"  # a manifest row naming a video that an earlier row names
 UNLISTABLE = "unlistable"  # a folder under the corpus that cannot be listed (no permission)
@@ -97,20 +97,10 @@ class SkipLog:
 
     def __init__(self) -> None:
         self.report = SkipReport()
-        self.hung_uris: set[str] = set()
 
     def add(self, uri: str, reason: str, detail: str, clips: int = 1) -> None:
         logger.warning("skipping %s: %s (%s)", uri, reason, detail)
         self.report.add(uri, reason, detail, clips)
-
-    def hung(self, uri: str, detail: str, clips: int) -> None:
-        """``uri`` held a worker in an FFmpeg call that never returned (avray.data.watchdog):
-        a ``timeout`` skip, and a file no retried task may open again."""
-        self.add(uri, TIMEOUT, detail, clips)
-        self.hung_uris.add(uri)
-
-    def hung_files(self) -> set[str]:
-        return self.hung_uris
 
     def silent(self, uri: str) -> None:
         self.report.silent_videos.add(uri)

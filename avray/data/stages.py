@@ -7,9 +7,8 @@ and leaves it out, so one bad video cannot stop a job over ten thousand.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import ray
@@ -19,37 +18,19 @@ from avray.config import DataConfig
 from avray.data.decode import decode_clips_of_video, probe
 from avray.data.labels import label_column, label_or_none
 from avray.data.report import DECODE_ERROR, UNREADABLE, SkipError, logger
-from avray.data.watchdog import watching
 
 PROBE_COLUMNS = ("source", "label", "duration", "has_audio", "width", "height", "fps", "reason", "detail")
 
 
-def hung_files(skip_log) -> set[str]:
-    """The files that held an earlier attempt of this task in an FFmpeg call until the
-    watchdog ended it (already reported as ``timeout``): they are never opened again."""
-    return ray.get(skip_log.hung_files.remote()) if skip_log is not None else set()
-
-
-def watched(uri: str, cfg: DataConfig, clips: int, skip_log):
-    """Work on one file under the watchdog (avray.data.watchdog) when there is a skip log to
-    report a hang to, as in the pipeline's Ray tasks, whose worker it may end."""
-    return watching(uri, cfg.decode_timeout_s, clips, skip_log) if skip_log is not None else contextlib.nullcontext()
-
-
 # INPUT:  {uri: str, label: str|None}                       one row per listed video
 # OUTPUT: {source, label, duration, has_audio, width, height, fps, reason, detail}
-#         one row per video; reason/detail are "" for usable videos, else why it is skipped;
-#         none for a file that hung an earlier attempt (in the skip log already)
-def probe_videos(batch: dict[str, np.ndarray], cfg: DataConfig, skip_log=None) -> dict[str, np.ndarray]:
+#         one row per video; reason/detail are "" for usable videos, else why it is skipped
+def probe_videos(batch: dict[str, np.ndarray], cfg: DataConfig) -> dict[str, np.ndarray]:
     rows: dict[str, list] = {name: [] for name in PROBE_COLUMNS}
-    hung = hung_files(skip_log)
     for uri, label in zip(batch["uri"], batch["label"]):
-        if str(uri) in hung:
-            continue
         label = label_or_none(label)
         try:
-            with watched(str(uri), cfg, cfg.clips_per_video, skip_log):
-                info = probe(str(uri), cfg)
+            info = probe(str(uri), cfg)
             values = (info.duration, info.has_audio, info.width, info.height, info.fps, "", "")
         except Exception as err:  # noqa: BLE001 - see skip_reason()
             values = (0.0, False, 0, 0, 0.0, *skip_reason(err, UNREADABLE))
@@ -113,9 +94,8 @@ def random_start(source: str, slot: int, video_duration: float, cfg: DataConfig,
 #         the clip-row contract (label: an Arrow string column, null where missing); clips
 #         that cannot be decoded are reported, not returned.
 #         With an epoch clock and random sampling, starts are re-drawn for the clock's epoch.
-#         Videos in ``hung`` (hung_files) are left out unreported: they were reported then.
 def decode_clips(
-    batch: dict[str, np.ndarray], cfg: DataConfig, skip_log=None, epoch_clock=None, hung: Collection[str] = ()
+    batch: dict[str, np.ndarray], cfg: DataConfig, skip_log=None, epoch_clock=None
 ) -> dict[str, np.ndarray]:
     starts = [float(t) for t in batch["start"]]
     ids = list(batch["clip_id"])
@@ -131,12 +111,9 @@ def decode_clips(
         by_video.setdefault(str(source), []).append(i)
     decoded = {}
     for source, rows in by_video.items():
-        if source in hung:
-            continue
         # One pass per video: overlapping windows share their frames (decode_clips_of_video).
         try:
-            with watched(source, cfg, len(rows), skip_log):
-                clips = decode_clips_of_video(source, [starts[i] for i in rows], cfg)
+            clips = decode_clips_of_video(source, [starts[i] for i in rows], cfg)
         except Exception as err:  # noqa: BLE001 - see skip_reason()
             if skip_log is not None:
                 skip_log.add.remote(source, *skip_reason(err, DECODE_ERROR), clips=len(rows))
@@ -180,10 +157,6 @@ def video_batches(sources: list[str], size: int) -> list[tuple[int, int]]:
 def decode_clip_stream(
     batch: dict[str, np.ndarray], cfg: DataConfig, skip_log=None, epoch_clock=None
 ) -> Iterator[dict[str, np.ndarray]]:
-    hung = hung_files(skip_log)
     for start, length in video_batches([str(s) for s in batch["source"]], cfg.decode_batch_size):
-        # A block for every group, also one left empty: a retried attempt yields its blocks in
-        # the same order, so Ray skips those the first attempt delivered, index by index.
-        rows = {k: v[start : start + length] for k, v in batch.items()}
-        yield decode_clips(rows, cfg, skip_log, epoch_clock, hung)
+        yield decode_clips({k: v[start : start + length] for k, v in batch.items()}, cfg, skip_log, epoch_clock)
         console.tick("decode", advance=length)

@@ -127,6 +127,30 @@ def artifact_location(uri: str) -> str | None:
     return None
 
 
+def create_sqlite_store_whole(uri: str) -> None:
+    """Create a ``sqlite:///`` store's file with all its tables, or leave it as it is.
+
+    MLflow creates its tables by migrations, one ALTER TABLE at a time: a run stopped in the
+    middle (Ctrl-C in its first seconds) left a half-made file, and every later open of it
+    failed ("duplicate column name: step"). The tables are made in a file of this process's
+    own and linked into place whole; a file that another process linked first is kept."""
+    if not uri.startswith("sqlite:///"):
+        return
+    final = Path(uri[len("sqlite:///") :])
+    if final.exists() or not final.parent.is_dir():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    # A name of its own per attempt: MLflow keeps an engine per URI for the process's life.
+    partial = final.with_name(f".{final.name}.{os.getpid()}-{time.monotonic_ns()}.partial")
+    try:
+        SqlAlchemyStore(f"sqlite:///{partial}", artifact_location(uri)).engine.dispose()
+        with contextlib.suppress(FileExistsError):
+            os.link(partial, final)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 class TrackingError(RuntimeError):
     """MLflow could not create a run; the message is MLflow's with URI passwords masked."""
 
@@ -147,6 +171,7 @@ class Tracker:
         uri = with_login(uri)
         _LOGINS[redact(uri)] = uri
         self.uri = uri
+        create_sqlite_store_whole(uri)
         self.client = mlflow.MlflowClient(tracking_uri=uri)
         self.pending: list[tuple[str, tuple, dict]] = []
         self.warned = False

@@ -172,3 +172,25 @@ def test_a_resumed_job_run_is_running_again_after_it_was_killed(tmp_path):
     resumed = start_job_run(cfg, str(tmp_path / "out"))
     assert resumed.run_id == stopped.run_id
     assert mlflow.MlflowClient(resumed.uri).get_run(resumed.run_id).info.status == "RUNNING"
+
+
+def test_a_store_stopped_while_mlflow_makes_its_tables_leaves_no_half_made_file(tmp_path, monkeypatch):
+    """Ctrl-C during MLflow's migrations left a file every later open failed on."""
+    import mlflow.store.db.utils as db_utils
+
+    made_tables = db_utils._initialize_tables
+
+    def stopped_midway(engine):
+        with engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE experiments (experiment_id INTEGER)")
+        raise KeyboardInterrupt
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setattr(db_utils, "_initialize_tables", stopped_midway)
+    with pytest.raises(KeyboardInterrupt):
+        Tracker(uri, "exp")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(db_utils, "_initialize_tables", made_tables)
+    run_id = Tracker(uri, "exp").run_id
+    assert Tracker(uri, "exp").run_id != run_id  # the file is whole: opened again, it holds both runs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]

@@ -136,7 +136,8 @@ def create_sqlite_store_whole(uri: str) -> None:
     own and linked into place whole; a file that another process linked first is kept."""
     if not uri.startswith("sqlite:///"):
         return
-    final = Path(uri[len("sqlite:///") :])
+    # SQLAlchemy's options (``?timeout=30``) follow the path; they name no file.
+    final = Path(uri[len("sqlite:///") :].split("?", 1)[0])
     if final.exists() or not final.parent.is_dir():
         return
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore

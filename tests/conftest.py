@@ -101,9 +101,10 @@ def ray_local():
 
 
 @contextlib.contextmanager
-def own_cluster(head_cpus: float, *node_cpus: float, **head_args):
+def own_cluster(head_cpus: float, *node_cpus: float, runtime_env: dict | None = None, **head_args):
     """A multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``), joined by this
-    process; the shared local cluster, if it was running, is started again afterwards."""
+    process with ``runtime_env``; the shared local cluster, if it was running, is started again
+    afterwards."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -117,7 +118,7 @@ def own_cluster(head_cpus: float, *node_cpus: float, **head_args):
         for cpus in node_cpus:
             cluster.add_node(num_cpus=cpus)
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
+        ray.init(address=cluster.address, log_to_driver=False, runtime_env=runtime_env)
         yield cluster
     finally:
         ray.shutdown()

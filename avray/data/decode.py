@@ -16,9 +16,11 @@ import functools
 import math
 import os
 import stat
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import av
 import numpy as np
@@ -72,7 +74,7 @@ class Deadline:
     Checked before every packet and handed to PyAV for its open and reads, so neither a
     file that is slow to decode nor one that never ends (a demux loop over millions of
     packets, a stalled read) holds a worker longer than that. One FFmpeg call that
-    never returns cannot be interrupted from Python; the checks bound everything else.
+    never returns cannot be interrupted from Python: :func:`abandoned_if_stuck` gives up on it.
     """
 
     def __init__(self, seconds: float, task: str):
@@ -179,8 +181,60 @@ def _open_container(handle, deadline: Deadline) -> av.container.InputContainer:
         raise SkipError(UNREADABLE, f"PyAV cannot open it: {err}") from None
 
 
+# The in-process deadline fires first; the grace leaves it time to unwind (closing the file,
+# converting the frames already decoded) before a call is judged stuck.
+HANG_GRACE_S = 5.0
+
+Result = TypeVar("Result")
+
+
+def hang_limit(decode_timeout_s: float) -> float:
+    """Seconds in one file after which its work is judged stuck in an FFmpeg call."""
+    return decode_timeout_s + max(HANG_GRACE_S, 0.5 * decode_timeout_s)
+
+
+def abandoned_if_stuck(work: Callable[[], Result], cfg: DataConfig, task: str) -> Result:
+    """``work()``, run on a thread of its own and waited for at most :func:`hang_limit`.
+
+    One FFmpeg call that never returns (a seek, one packet's decode) cannot be interrupted,
+    and :class:`Deadline` is checked only between calls. PyAV releases the GIL inside them,
+    so the caller can stop waiting: the file is a TIMEOUT skip and the worker goes on with
+    the next one. The stuck thread is left where it is, a daemon that keeps no process
+    alive, with the one file it holds open. Ending the worker instead would hand the task
+    to Ray's retries, and a retried streaming task to a fresh process that imports torch.
+    A thread per file costs about 0.1 ms.
+    """
+    limit = hang_limit(cfg.decode_timeout_s)
+    outcome: list = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append((True, work()))
+        except BaseException as err:  # noqa: BLE001 - handed to the caller as it is
+            outcome.append((False, err))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="avray-decode", daemon=True).start()
+    if not done.wait(limit):
+        raise SkipError(
+            TIMEOUT,
+            f"{task}: an FFmpeg call did not return in {limit:g} s (data.decode_timeout_s plus grace); "
+            "the worker gave up on it",
+        )
+    returned, value = outcome[0]
+    if not returned:
+        raise value
+    return value
+
+
 def probe(uri: str, cfg: DataConfig) -> MediaInfo:
     """Duration, streams and size from the container header (no frame is decoded)."""
+    return abandoned_if_stuck(lambda: _probe(uri, cfg), cfg, "probing")
+
+
+def _probe(uri: str, cfg: DataConfig) -> MediaInfo:
     deadline = Deadline(cfg.decode_timeout_s, "probing")
     with open_media(uri, deadline, cfg.endpoint_override) as container:
         video = _video_stream(container)
@@ -302,11 +356,19 @@ def decode_clips_of_video(uri: str, starts: Sequence[float], cfg: DataConfig) ->
     decoded once, converted once however many windows keep it, and the audio is resampled
     once; a gap longer than a clip is sought over instead. ``decode_timeout_s`` bounds the
     whole call: the windows decoded by then are kept, the rest are TIMEOUT skips. Raises
-    SkipError when the file itself is unusable.
+    SkipError when the file itself is unusable, and a TIMEOUT one when an FFmpeg call in it
+    never returns (:func:`abandoned_if_stuck`: then no window of it is kept).
     """
+    task = f"opening and decoding {len(starts)} clip(s)"
+    return abandoned_if_stuck(lambda: _decode_clips_of_video(uri, starts, cfg, task), cfg, task)
+
+
+def _decode_clips_of_video(
+    uri: str, starts: Sequence[float], cfg: DataConfig, task: str
+) -> list[DecodedClip | SkipError]:
     results: list[DecodedClip | SkipError | None] = [None] * len(starts)
     order = sorted(range(len(starts)), key=lambda i: starts[i])
-    deadline = Deadline(cfg.decode_timeout_s, f"opening and decoding {len(starts)} clip(s)")
+    deadline = Deadline(cfg.decode_timeout_s, task)
     with open_media(uri, deadline, cfg.endpoint_override) as container:
         video_stream = _video_stream(container)
         video_stream.codec_context.thread_count = 1

@@ -1,4 +1,8 @@
+import shutil
+import threading
+import time
 from fractions import Fraction
+from pathlib import Path
 from types import SimpleNamespace
 
 import av
@@ -273,3 +277,50 @@ def test_the_time_limit_bounds_all_the_clips_of_a_file_together(pcm_video, monke
     for late in (second, third):
         assert isinstance(late, SkipError) and late.reason == TIMEOUT
         assert "decoding 3 clip(s) took over 10 s" in late.detail, late.detail
+
+
+@pytest.fixture
+def stuck():
+    """Makes FFmpeg calls block (GIL released, as PyAV's do) until the test ends; the calls
+    judged stuck give up after ``decode_timeout_s`` + 0.2 s."""
+    released = threading.Event()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(decode, "HANG_GRACE_S", 0.2)
+        yield patch, lambda *args: released.wait()
+    released.set()
+
+
+def test_a_seek_that_never_returns_skips_its_file_and_the_next_file_decodes(pcm_video, stuck):
+    patch, block = stuck
+    cfg = DataConfig(clip_seconds=0.5, decode_timeout_s=0.3)
+    real_seek = decode._seek
+
+    def seek(container, *args):
+        return block() if "stuck" in container.name else real_seek(container, *args)
+
+    patch.setattr(decode, "_seek", seek)
+    stuck_copy = Path(pcm_video).with_name("stuck.mov")
+    shutil.copy(pcm_video, stuck_copy)
+    started = time.monotonic()
+    with pytest.raises(SkipError) as err:
+        decode_clips_of_video(str(stuck_copy), [1.0], cfg)
+    assert time.monotonic() - started < 5
+    assert err.value.reason == TIMEOUT and "an FFmpeg call did not return in 0.5 s" in err.value.detail
+    (clip,) = decode_clips_of_video(pcm_video, [1.0], cfg)
+    assert isinstance(clip, decode.DecodedClip)
+
+
+def test_an_open_that_never_returns_is_a_timeout_when_probing(pcm_video, stuck):
+    patch, block = stuck
+    patch.setattr(decode, "_open_container", block)
+    with pytest.raises(SkipError) as err:
+        probe(pcm_video, DataConfig(decode_timeout_s=0.3))
+    assert err.value.reason == TIMEOUT and err.value.detail.startswith("probing: an FFmpeg call did not return")
+
+
+def test_what_the_decoding_thread_raises_reaches_the_caller_as_it_is(tmp_path):
+    with pytest.raises(SkipError) as err:
+        probe(str(tmp_path / "missing.mp4"), CFG)
+    assert err.value.reason != TIMEOUT
+    with pytest.raises(ZeroDivisionError):
+        decode.abandoned_if_stuck(lambda: 1 / 0, CFG, "dividing")

@@ -1,13 +1,22 @@
 """The Ray Data pipeline end to end on one corpus holding every kind of bad input."""
 
+import select
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
+import pyarrow.dataset as pads
 import pytest
+import ray
 
 from avray.config import DataConfig
 from avray.data.index import build_clip_index, held_out_sources, knn_labels
-from avray.data.pipeline import decode_dataset, load_clips
+from avray.data.pipeline import decode_dataset, load_clips, prepare
+from avray.data.report import TIMEOUT
 from avray.data.shards import write_prepared
 from avray.data.sources import SourceError
+from tests.conftest import own_cluster
 from tests.media import make_bad_inputs, make_good_video, make_odd_good_inputs
 
 CFG = DataConfig(clips_per_video=3, decode_batch_size=4)
@@ -161,3 +170,56 @@ def test_a_video_a_manifest_names_twice_is_indexed_once(ray_local, tmp_path):
     assert index.report.counts() == {"duplicate": 1}
     train, val = index.split(0.25, seed=0)
     assert not set(train.clips.column("source").to_pylist()) & set(val.clips.column("source").to_pylist())
+
+
+HANGS_IN_SEEK = "hangs_in_seek.mp4"  # probed fine; the seek to its clip never returns
+HANGS_IN_OPEN = "hangs_in_open.mp4"  # opening it to probe never returns
+
+
+def _hang_on_chosen_files() -> None:
+    """In each Ray worker as it starts: the chosen files' FFmpeg calls block in C with the GIL
+    released, as PyAV's do (no real file is known to make FFmpeg block: a FIFO is refused
+    before it is opened); and a short grace, to keep the test short."""
+    from avray.data import decode
+
+    real_seek, real_open = decode._seek, decode._open_container
+
+    def seek(container, *args):
+        if container.name.endswith(HANGS_IN_SEEK):
+            select.select([], [], [], 1e9)
+        return real_seek(container, *args)
+
+    def open_container(handle, deadline):
+        if str(handle).endswith(HANGS_IN_OPEN):
+            select.select([], [], [], 1e9)
+        return real_open(handle, deadline)
+
+    decode._seek, decode._open_container, decode.HANG_GRACE_S = seek, open_container, 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_files_whose_ffmpeg_calls_never_return_are_timeouts_and_the_job_goes_on(tmp_path):
+    corpus = tmp_path / "corpus"
+    for i in range(4):
+        make_good_video(corpus / f"v{i}.mp4", seconds=2.5, fps=12, size=48, sample_rate=16000, seed=i)
+    for name in (HANGS_IN_SEEK, HANGS_IN_OPEN):
+        make_good_video(corpus / name, seconds=2.5, fps=12, size=48, sample_rate=16000, seed=9)
+    # One decode slot, a video per block: the hung video shares its task with good ones.
+    cfg = DataConfig(
+        clips_per_video=2, decode_timeout_s=3.0, val_fraction=0.0, decode_batch_size=1, decode_concurrency=1
+    )
+    # By value: Ray's workers cannot import this test module (no `tests` on their path), and a
+    # hook they cannot load fails every worker they start, without end.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    with own_cluster(2, runtime_env={"worker_process_setup_hook": _hang_on_chosen_files}):
+        started = time.monotonic()
+        report = prepare(str(corpus), str(tmp_path / "clips"), cfg)
+        took = time.monotonic() - started
+    assert took < 90, f"prepare took {took:.0f} s"  # each hang costs 3 s + 1.5 s
+    sources = pads.dataset(tmp_path / "clips", format="parquet").to_table(columns=["source"]).column("source")
+    assert sorted(Path(s).name for s in sources.to_pylist()) == sorted(f"v{i}.mp4" for i in range(4) for _ in "ab")
+    skipped = {Path(uri).name: (reason, detail) for uri, (reason, detail) in report.skipped.items()}
+    assert set(skipped) == {HANGS_IN_SEEK, HANGS_IN_OPEN}, report.summary()
+    for reason, detail in skipped.values():
+        assert reason == TIMEOUT and "an FFmpeg call did not return in 4.5 s" in detail, detail

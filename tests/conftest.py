@@ -1,6 +1,7 @@
 import contextlib
 import os
 import sys
+import threading
 
 # Ray Train's controller polls workers every 2 s by default; tests want it snappier.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
@@ -61,6 +62,46 @@ def pytest_collection_modifyitems(items):
     stray -= set(SHARING_UNINTERRUPTED_RUN)
     if stray:
         raise pytest.UsageError(f"add {sorted(stray)} to SHARING_UNINTERRUPTED_RUN in tests/conftest.py")
+
+
+# A test still running this long before its timeout prints the Python stacks of every Ray
+# process (py-spy): a Ray hang on CI leaves its cause in the failure report, not only the
+# driver's wait.
+RAY_STACKS_BEFORE_TIMEOUT_S = 60
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item):
+    marker = item.get_closest_marker("timeout")
+    limit = float(marker.args[0] if marker and marker.args else item.config.getini("timeout") or 0)
+    timer = None
+    if limit >= 2 * RAY_STACKS_BEFORE_TIMEOUT_S:
+        timer = threading.Timer(limit - RAY_STACKS_BEFORE_TIMEOUT_S, _print_ray_stacks, args=(item.nodeid,))
+        timer.daemon = True
+        timer.start()
+    yield
+    if timer is not None:
+        timer.cancel()
+
+
+def _print_ray_stacks(nodeid: str) -> None:
+    import subprocess
+
+    import psutil
+
+    py_spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    print(f"\n[conftest] {nodeid} is near its timeout; the stacks of every Ray process:", file=sys.stderr)
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        command = " ".join(proc.info["cmdline"] or [])
+        if not command.startswith("ray::"):
+            continue
+        try:
+            dump = subprocess.run(
+                [py_spy, "dump", "--pid", str(proc.info["pid"])], capture_output=True, text=True, timeout=20
+            )
+            print(f"== {proc.info['pid']} {command[:100]}\n{dump.stdout or dump.stderr}", file=sys.stderr)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            print(f"== {proc.info['pid']} {command[:100]}: {err}", file=sys.stderr)
 
 
 @pytest.hookimpl(trylast=True)

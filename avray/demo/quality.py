@@ -27,6 +27,8 @@ HEADLINE = (
     ("probe/fused/accuracy", 0.90),
     ("probe/video/accuracy", 0.80),
     ("probe/audio/accuracy", None),
+    ("probe/video_features/accuracy", None),
+    ("probe/audio_features/accuracy", None),
     ("retrieval/a2v/class_map", 0.80),
     ("retrieval/v2a/class_map", None),
     ("knn/fused/accuracy", None),

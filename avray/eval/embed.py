@@ -31,7 +31,7 @@ from avray.data.shards import remove_shards
 from avray.data.sources import SourceError
 from avray.models import load_model
 from avray.models.loading import find_model_checkpoint
-from avray.models.outputs import MODALITIES
+from avray.models.outputs import ENCODER_FEATURES, MODALITIES
 from avray.storage import filesystem_for
 
 # The embeddings evaluated and exported: the projection heads (the space where the
@@ -105,11 +105,13 @@ def _embedding_column(values: np.ndarray) -> pa.FixedSizeListArray:
 
 
 class EmbedClips:
-    """Ray Data callable class: holds models keyed by column prefix, embeds a batch of clip rows."""
+    """Ray Data callable class: holds models keyed by column prefix, embeds a batch of clip rows
+    into the model outputs named in ``outputs``."""
 
-    def __init__(self, models: Mapping[str, ModelSpec]):
+    def __init__(self, models: Mapping[str, ModelSpec], outputs: Sequence[str] = MODALITIES):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.models = {prefix: spec.build().to(self.device).eval() for prefix, spec in models.items()}
+        self.outputs = tuple(outputs)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         video = torch.as_tensor(batch["video"]).to(self.device, non_blocking=True)
@@ -123,7 +125,7 @@ class EmbedClips:
         with torch.inference_mode():
             for prefix, model in self.models.items():
                 outputs = model(video, audio)
-                for name in MODALITIES:
+                for name in self.outputs:
                     columns[prefix + name] = _embedding_column(outputs[name].float().cpu().numpy())
         console.tick("embed", advance=len(batch["clip_id"]))
         return pa.table(columns)
@@ -135,19 +137,22 @@ def embed_dataset(
     *,
     batch_size: int = 64,
     actors: int | None = None,
+    outputs: Sequence[str] = MODALITIES,
 ) -> ray.data.Dataset:
     """Embed a dataset of clip rows (lazy, streaming).
 
     ``models`` maps a column prefix to a model: ``{"": trained, "baseline/": random}`` gives
     columns ``audio, video, fused, baseline/audio, ...`` from one decode of the clips. A single
-    :class:`ModelSpec` means ``{"": spec}``. ``actors``: size of the actor pool (default: one per
-    GPU, else a quarter of the CPUs, since decoding the clips needs the rest).
+    :class:`ModelSpec` means ``{"": spec}``. ``outputs``: the model outputs written, a column
+    each (:class:`~avray.models.outputs.ModelOutputs` field names). ``actors``: size of the
+    actor pool (default: one per GPU, else a quarter of the CPUs, since decoding the clips
+    needs the rest).
     """
     if isinstance(models, ModelSpec):
         models = {"": models}
     return clips.map_batches(
         EmbedClips,
-        fn_constructor_kwargs={"models": dict(models)},
+        fn_constructor_kwargs={"models": dict(models), "outputs": tuple(outputs)},
         batch_size=batch_size,
         batch_format="numpy",
         # Writable arrays: torch cannot wrap read-only numpy memory (it warns, once per actor).
@@ -179,6 +184,9 @@ class EmbeddingTable:
     audio: np.ndarray
     video: np.ndarray
     fused: np.ndarray
+    # The pooled encoder outputs, where the table was embedded with them (evaluation does).
+    audio_features: np.ndarray | None = None
+    video_features: np.ndarray | None = None
 
     @classmethod
     def from_arrow(cls, table: pa.Table, prefix: str = "") -> EmbeddingTable:
@@ -194,6 +202,7 @@ class EmbeddingTable:
             starts=table.column("start").to_numpy(),
             labels=np.asarray(table.column("label").to_pylist(), dtype=object),
             **{name: matrix(name) for name in MODALITIES},
+            **{name: matrix(name) for name in ENCODER_FEATURES if prefix + name in table.column_names},
         )
 
     def __len__(self) -> int:

@@ -9,8 +9,10 @@ Metric keys (flat; docs/design.md), each also under ``baseline/`` for the random
 - ``retrieval/{a2v,v2a}/recall@{1,5,10}``, ``.../median_rank``: cross-modal instance retrieval;
 - ``elo/fitness``: ELo's Zipf fitness of the fused embeddings (label-free);
 - on the clips that carry a label, when they are of two classes or more:
-  ``probe/{video,audio,fused}/accuracy`` (logistic regression, folds by video),
-  ``knn/{...}/accuracy``, ``retrieval/{a2v,v2a}/class_map``, ``cluster/{...}/{nmi,ari}``;
+  ``probe/{video,audio,fused}/accuracy`` (logistic regression, folds by video) on the
+  projections and the joint embedding, and ``probe/{video,audio}_features/accuracy`` on the
+  pooled encoder outputs (the field's linear probe); ``knn/{...}/accuracy`` and
+  ``cluster/{...}/{nmi,ari}`` on each of these five; ``retrieval/{a2v,v2a}/class_map``;
 - counts: ``clips``, ``labelled_clips`` (those the label metrics score), ``videos``,
   ``skipped_videos`` (no baseline twin).
 
@@ -56,6 +58,7 @@ from avray.metrics import (
     retrieval_ranks,
     zipf_fitness,
 )
+from avray.models.outputs import ENCODER_FEATURES
 from avray.storage import is_remote
 from avray.tracking import RUN_ID_FILE, Tracker, tracking_uri
 
@@ -98,8 +101,10 @@ def label_metrics(table: EmbeddingTable, seed: int, folds: int) -> tuple[dict[st
     labels, groups = table.labels.astype(str), table.sources
     metrics = {}
     fused_predictions = np.array([])
-    for modality in MODALITIES:
+    for modality in (*MODALITIES, *ENCODER_FEATURES):
         x = getattr(table, modality)
+        if x is None:
+            continue
         probe = linear_probe(x, labels, groups, "logistic", folds, seed)
         metrics[f"probe/{modality}/accuracy"] = probe.accuracy
         metrics[f"knn/{modality}/accuracy"] = knn_accuracy(x, labels, groups, folds=folds)
@@ -119,7 +124,8 @@ def labelled(table: EmbeddingTable) -> EmbeddingTable | None:
     mask = np.array([label is not None for label in table.labels], dtype=bool)
     if len(set(table.labels[mask].tolist())) < 2:
         return None
-    return replace(table, **{f.name: getattr(table, f.name)[mask] for f in fields(table)})
+    kept = {f.name: getattr(table, f.name)[mask] for f in fields(table) if getattr(table, f.name) is not None}
+    return replace(table, **kept)
 
 
 def all_metrics(table: EmbeddingTable, cfg: Config, folds: int) -> tuple[dict[str, float], np.ndarray | None]:
@@ -242,7 +248,9 @@ def evaluate(
     clips = load_clips(source, cfg.data)
     models = {"": ModelSpec.trained(folder), BASELINE_PREFIX: ModelSpec.random_init(cfg)}
     with console.bar("embed", "embedding", total=clips.expected):
-        table = collect(embed_dataset(clips.dataset, models, batch_size=batch_size))
+        table = collect(
+            embed_dataset(clips.dataset, models, batch_size=batch_size, outputs=(*MODALITIES, *ENCODER_FEATURES))
+        )
     trained, baseline = EmbeddingTable.from_arrow(table), EmbeddingTable.from_arrow(table, BASELINE_PREFIX)
     pq.write_table(table.select([*ID_COLUMNS, *MODALITIES]).sort_by("clip_id"), output / EMBEDDINGS_FILE)
     progress(f"[avray] embedded {len(trained)} clips; scoring")

@@ -11,6 +11,9 @@ from torch import Tensor
 
 # The embeddings a model gives a clip, by the names its outputs, exports and metrics use.
 MODALITIES = ("audio", "video", "fused")
+# The pooled encoder outputs, before the projection heads: where the field's linear probes read
+# a representation (the projections are shaped by the objective's comparison, not for reuse).
+ENCODER_FEATURES = ("audio_features", "video_features")
 
 
 class EncoderOutput(NamedTuple):

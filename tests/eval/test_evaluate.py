@@ -5,6 +5,7 @@ import json
 import runpy
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -69,7 +70,7 @@ SETTINGS = [
 EVAL_OVERRIDES = ["data.clips_per_video=2"]
 LABEL_KEYS = [
     f"{kind}/{m}/{what}"
-    for m in ("video", "audio", "fused")
+    for m in ("video", "audio", "fused", "video_features", "audio_features")
     for kind, what in (("probe", "accuracy"), ("knn", "accuracy"), ("cluster", "nmi"), ("cluster", "ari"))
 ]
 RETRIEVAL_KEYS = [
@@ -328,3 +329,31 @@ def test_a_damaged_checkpoint_is_one_line_and_exit_2_before_any_work(
     assert code == cli.EXIT_USAGE and len(err) == 1, err
     assert err[0].startswith(f"error: checkpoint {folder} cannot be loaded")
     assert not output.exists()
+
+
+def test_the_encoder_features_are_probed_in_their_own_space_beside_the_projections():
+    # Features that carry the label, projections that do not: each probe reads its own space.
+    rng = np.random.default_rng(0)
+    n = 40
+    labels = np.array(["ab"[i % 2] for i in range(n)], dtype=object)
+    separable = rng.standard_normal((n, 6)).astype(np.float32) + np.where(labels == "a", 4.0, -4.0)[:, None]
+    table = EmbeddingTable(
+        ids=np.array([f"v{i}@0" for i in range(n)], dtype=object),
+        sources=np.array([f"v{i}" for i in range(n)], dtype=object),
+        starts=np.zeros(n),
+        labels=labels,
+        audio=rng.standard_normal((n, 4), dtype=np.float32),
+        video=rng.standard_normal((n, 4), dtype=np.float32),
+        fused=rng.standard_normal((n, 8), dtype=np.float32),
+        audio_features=separable,
+        video_features=separable[:, ::-1].copy(),
+    )
+    cfg = load_config(None, ["tune.zipf_clusters=2"])
+    metrics, _ = all_metrics(table, cfg, folds=4)
+    for space in ("audio_features", "video_features"):
+        assert metrics[f"probe/{space}/accuracy"] == 1.0 and metrics[f"knn/{space}/accuracy"] == 1.0
+        assert {f"cluster/{space}/nmi", f"cluster/{space}/ari"} <= set(metrics)
+    assert metrics["probe/video/accuracy"] < 0.8
+    # Without feature columns (a table embed.py wrote), the projections alone are probed.
+    projections_only, _ = all_metrics(replace(table, audio_features=None, video_features=None), cfg, folds=4)
+    assert "probe/video/accuracy" in projections_only and not any("_features" in k for k in projections_only)

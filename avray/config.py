@@ -305,8 +305,8 @@ class TrainConfig:
     use_gpu: bool | None = None
     # CPUs reserved per training worker; the rest of the cluster's CPUs decode video.
     cpus_per_worker: float = 1.0
-    # PyTorch threads per worker (None: the CPUs it reserves). More than it reserves lets a
-    # worker use cores that light data work (reading prepared shards) leaves idle.
+    # PyTorch threads per worker (None: the CPUs it reserves, or with the clips cached in the
+    # object store, its share of all the cluster's CPUs: no decoding runs beside training then).
     threads_per_worker: int | None = None
     # PACK fills nodes one by one; SPREAD puts workers on as many nodes as possible.
     placement_strategy: Literal["PACK", "SPREAD"] = "PACK"

@@ -237,7 +237,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         prepare_model=lambda module: ray.train.torch.prepare_model(
             module, parallel_strategy_kwargs={"find_unused_parameters": True}
         ),
-        threads=cfg.train.threads_per_worker or max(1, round(cfg.train.cpus_per_worker)),
+        threads=loop_config["threads"],
     )
     tracker, run_id = None, loop_config.get("mlflow_run_id")
     if session.rank == 0 and run_id:

@@ -55,6 +55,19 @@ def scaling(cfg: Config) -> ray.train.ScalingConfig:
     )
 
 
+def worker_threads(cfg: Config, scaling_config: ray.train.ScalingConfig, cache: bool) -> int:
+    """PyTorch threads per training worker: ``train.threads_per_worker``, else the CPUs it
+    reserves. With the clips read once into the object store no decoding runs beside training,
+    so CPU workers then share all of the cluster's CPUs: a lone worker on a 2-core machine used
+    one core while the other sat idle."""
+    if cfg.train.threads_per_worker:
+        return cfg.train.threads_per_worker
+    reserved = max(1, round(cfg.train.cpus_per_worker))
+    if not cache or scaling_config.use_gpu:
+        return reserved
+    return max(reserved, int(ray.cluster_resources().get("CPU", 1) // scaling_config.num_workers))
+
+
 def cache_training_clips(cfg: Config, data: TrainingData) -> bool:
     """Whether to read the training and held-out clips once into Ray's object store
     (``train.cache_clips``).
@@ -111,6 +124,7 @@ def build_trainer(
         train_loop_config={
             "config": cfg.to_dict(),
             "steps_per_epoch": steps_per_epoch(cfg, data, scaling_config.num_workers),
+            "threads": worker_threads(cfg, scaling_config, cache),
             "has_val": data.val is not None,
             "epoch_clock": data.epoch_clock,
             "mlflow_uri": tracker.uri if tracker else None,

@@ -4,7 +4,7 @@ from dataclasses import replace
 
 from avray.config import load_config
 from avray.data.pipeline import TrainingData
-from avray.train.trainer import cache_training_clips
+from avray.train.trainer import cache_training_clips, scaling, worker_threads
 
 
 def _data(train: int, val: int = 0, epoch_clock=None) -> TrainingData:
@@ -38,3 +38,15 @@ def test_fresh_windows_every_epoch_are_never_cached_unless_asked(ray_local):
         _data(100, epoch_clock=object()),
     )
     assert not cache_training_clips(load_config(None, ["train.cache_clips=never"]), _data(10))
+
+
+def test_cached_clips_let_cpu_workers_share_every_cpu_of_the_cluster(ray_local):
+    # The local cluster has 2 CPUs: one worker reserves 1, the other decodes unless clips are cached.
+    cfg = load_config(None, [])
+    one = scaling(cfg)
+    assert one.num_workers == 1 and not one.use_gpu
+    assert worker_threads(cfg, one, cache=True) == 2
+    assert worker_threads(cfg, one, cache=False) == 1
+    assert worker_threads(cfg, scaling(load_config(None, ["train.num_workers=2"])), cache=True) == 1
+    assert worker_threads(load_config(None, ["train.threads_per_worker=3"]), one, cache=True) == 3
+    assert worker_threads(cfg, replace(one, use_gpu=True), cache=True) == 1

@@ -92,14 +92,15 @@ def quality_run(
 
 def headline_table(metrics: dict[str, float]) -> str:
     """The target metrics: trained, random baseline, their ratio, and the target."""
-    lines = [f"{'metric':<26} {'trained':>8} {'random':>8} {'ratio':>6} {'target':>7}"]
+    width = max(len(key) for key, _ in HEADLINE)
+    lines = [f"{'metric':<{width}} {'trained':>8} {'random':>8} {'ratio':>6} {'target':>7}"]
     for key, target in HEADLINE:
         if key not in metrics:
             continue
         trained, baseline = metrics[key], metrics.get(f"baseline/{key}", float("nan"))
         ratio = trained / baseline if baseline else float("nan")
         lines.append(
-            f"{key:<26} {trained:>8.3f} {baseline:>8.3f} {ratio:>6.2f} "
+            f"{key:<{width}} {trained:>8.3f} {baseline:>8.3f} {ratio:>6.2f} "
             f"{'' if target is None else f'>= {target:.2f}':>7}"
         )
     return "\n".join(lines)

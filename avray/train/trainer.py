@@ -89,6 +89,21 @@ def cache_training_clips(cfg: Config, data: TrainingData) -> bool:
     return (data.num_train_clips + data.num_val_clips) * clip_bytes <= budget
 
 
+def cached(stream: ray.data.Dataset, shuffle_seed: int | None) -> ray.data.Dataset:
+    """``stream`` read once into the object store; with ``shuffle_seed``, its rows in a seeded
+    global order first.
+
+    Prepared shards and decode tasks give a video's clips side by side, and the training loop's
+    shuffle buffer (512 clips) mixes them only locally: a batch of 64 then held about six pairs
+    of clips of one video, four times a random order's share (1.5). Such a pair shares its
+    scene, voice and room: a negative that no encoder can tell from a positive. The shuffle is
+    paid once, when the clips are cached; streamed clips have the buffer only.
+    """
+    if shuffle_seed is not None:
+        stream = stream.random_shuffle(seed=shuffle_seed)
+    return stream.materialize()
+
+
 def ray_storage(output: str) -> tuple[str, pafs.FileSystem | None]:
     """Ray's ``storage_path`` and ``storage_filesystem`` for ``output``. Ray resolves an
     s3:// path with pyarrow, which ignores ``AWS_ENDPOINT_URL``: S3-compatible stores
@@ -118,7 +133,10 @@ def build_trainer(
     scaling_config = scaling(cfg)
     storage_path, storage_filesystem = ray_storage(output)
     streams = {"train": data.train, **({"val": data.val} if data.val is not None else {})}
-    datasets = {name: stream.materialize() if cache else stream for name, stream in streams.items()}
+    datasets = {
+        name: cached(stream, cfg.train.seed if name == "train" else None) if cache else stream
+        for name, stream in streams.items()
+    }
     return FailFastTorchTrainer(
         train_loop_per_worker,
         train_loop_config={

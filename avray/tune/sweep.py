@@ -121,7 +121,9 @@ def tune_losses(cfg: Config, data: str | DataSource, output: str) -> SweepResult
     # they could run on; for the same reason the clips stay on the driver's node, where losing
     # another node cannot take them. Search on a subset of a corpus far larger than that node's disk.
     start = time.perf_counter()
-    train, val = materialize_on_driver_node(data.train), materialize_on_driver_node(data.val)
+    # Shuffled across the whole set once, as pretraining's cached clips are (avray.train.trainer.cached).
+    train = materialize_on_driver_node(data.train.random_shuffle(seed=cfg.train.seed))
+    val = materialize_on_driver_node(data.val)
     console.say(
         f"[avray] {train.count() + val.count()} clips ({(train.size_bytes() + val.size_bytes()) / 2**20:.0f} MiB) "
         f"in the object store in {time.perf_counter() - start:.1f} s",

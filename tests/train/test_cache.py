@@ -2,9 +2,12 @@
 
 from dataclasses import replace
 
+import numpy as np
+import ray.data
+
 from avray.config import load_config
 from avray.data.pipeline import TrainingData
-from avray.train.trainer import cache_training_clips, scaling, worker_threads
+from avray.train.trainer import cache_training_clips, cached, scaling, worker_threads
 
 
 def _data(train: int, val: int = 0, epoch_clock=None) -> TrainingData:
@@ -50,3 +53,22 @@ def test_cached_clips_let_cpu_workers_share_every_cpu_of_the_cluster(ray_local):
     assert worker_threads(cfg, scaling(load_config(None, ["train.num_workers=2"])), cache=True) == 1
     assert worker_threads(load_config(None, ["train.threads_per_worker=3"]), one, cache=True) == 3
     assert worker_threads(cfg, replace(one, use_gpu=True), cache=True) == 1
+
+
+def _same_video_pairs_per_batch(dataset: ray.data.Dataset) -> float:
+    # As the training loop reads its shard: batches of 64 from a 512-clip shuffle buffer.
+    pairs = []
+    for batch in dataset.iter_batches(
+        batch_size=64, local_shuffle_buffer_size=512, local_shuffle_seed=1, drop_last=True
+    ):
+        _, clips_per_video = np.unique(batch["source"], return_counts=True)
+        pairs.append((clips_per_video * (clips_per_video - 1) // 2).sum())
+    return float(np.mean(pairs))
+
+
+def test_cached_training_clips_are_mixed_across_the_whole_set_not_only_the_shuffle_buffer(ray_local):
+    # Four clips a video, side by side, as prepared shards hold them; 1000 videos in a random
+    # order would put about 1.5 same-video pairs in a batch of 64.
+    videos = ray.data.from_items([{"source": f"v{i // 4}"} for i in range(4000)]).repartition(60)
+    assert _same_video_pairs_per_batch(cached(videos, shuffle_seed=None)) > 4
+    assert _same_video_pairs_per_batch(cached(videos, shuffle_seed=0)) < 2

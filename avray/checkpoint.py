@@ -8,9 +8,11 @@ to MLflow and shared, so the config saved with one has URI passwords masked (a t
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 import yaml
 
@@ -22,6 +24,41 @@ STATE_FILE = "state.pt"
 CONFIG_FILE = "config.yaml"
 
 
+EPOCH_FOLDER = "checkpoint_epoch_"
+
+
+def epoch_folder_name(epochs_done: int) -> str:
+    """The name of the checkpoint folder saved after ``epochs_done`` epochs, in a run's
+    storage. Ray names them by time otherwise; by epoch, the newest can be told without Ray's
+    own record of them (:func:`newest_complete_epoch_folder`)."""
+    return f"{EPOCH_FOLDER}{epochs_done:06d}"
+
+
+def newest_complete_epoch_folder(fs: pafs.FileSystem, run_folder: str) -> str | None:
+    """The newest checkpoint folder under ``run_folder`` (on ``fs``) that holds a whole state
+    and config, or None.
+
+    Ray's controller registers a checkpoint a moment after the worker has written it; a stop
+    signal in between (Ctrl-C) left the newest checkpoints written but unlisted, and the re-run
+    resumed epochs behind them. A folder whose copy was cut short has no config or a state file
+    without the end record that every zip file, torch.save's format, ends with.
+    """
+    selector = pafs.FileSelector(run_folder, allow_not_found=True)
+    folders = sorted(
+        info.path
+        for info in fs.get_file_info(selector)
+        if info.type == pafs.FileType.Directory and info.base_name.startswith(EPOCH_FOLDER)
+    )
+    for folder in reversed(folders):
+        state, config = fs.get_file_info([f"{folder}/{STATE_FILE}", f"{folder}/{CONFIG_FILE}"])
+        if state.type != pafs.FileType.File or config.type != pafs.FileType.File:
+            continue
+        with fs.open_input_file(state.path) as file:
+            if zipfile.is_zipfile(file):
+                return folder
+    return None
+
+
 def save_state(folder: Path, cfg: Config, state: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(state, folder / STATE_FILE)
@@ -31,8 +68,6 @@ def save_state(folder: Path, cfg: Config, state: dict[str, Any]) -> None:
 def checkpoint_uri(checkpoint) -> str:
     """Where a Ray checkpoint lies, as a user writes it: Ray gives the path inside its
     filesystem, which for S3 storage lacks the ``s3://``."""
-    import pyarrow.fs as pafs
-
     return f"s3://{checkpoint.path}" if isinstance(checkpoint.filesystem, pafs.S3FileSystem) else checkpoint.path
 
 
@@ -65,8 +100,6 @@ def _fetch_checkpoint(uri: str) -> Path:
     import atexit
     import shutil
     import tempfile
-
-    import pyarrow.fs as pafs
 
     fs, root = filesystem_for(uri)
     found = [

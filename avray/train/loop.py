@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from avray import console
-from avray.checkpoint import load_state, save_state
+from avray.checkpoint import epoch_folder_name, load_state, save_state
 from avray.config import AugmentConfig, Config, config_from_dict, with_overrides
 from avray.data.index import knn_labels
 from avray.data.labels import batch_labels
@@ -219,6 +219,17 @@ class Session:
     quiet: bool = False
 
 
+def newest_checkpoint(registered: ray.train.Checkpoint | None, saved: ray.train.Checkpoint | None):
+    """Of the checkpoint Ray's controller registered last and the newest one found saved in the
+    run's storage when the run started, the later: a stop signal can land between a worker's
+    save and the controller's record of it."""
+    if registered is None or saved is None:
+        return registered or saved
+    # Folders named by epoch (avray.checkpoint.epoch_folder_name) sort by it; Ray's older,
+    # time-named ones come before them.
+    return max(registered, saved, key=lambda checkpoint: Path(checkpoint.path).name)
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """The Ray Train entry point: one DDP worker of a ``TorchTrainer``."""
     cfg = config_from_dict(loop_config["config"])
@@ -229,9 +240,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         device=ray.train.torch.get_device(),
         train=ray.train.get_dataset_shard("train"),
         val=ray.train.get_dataset_shard("val") if loop_config.get("has_val") else None,
-        checkpoint=ray.train.get_checkpoint(),
+        checkpoint=newest_checkpoint(ray.train.get_checkpoint(), loop_config.get("saved_checkpoint")),
         report=lambda metrics, folder: ray.train.report(
-            metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None,
+            checkpoint_dir_name=epoch_folder_name(metrics["epoch"]) if folder else None,
         ),
         # Some objectives leave heads idle on some steps (a clustering head before its first round).
         prepare_model=lambda module: ray.train.torch.prepare_model(

@@ -13,7 +13,7 @@ import ray.data
 import ray.train
 
 from avray import console
-from avray.checkpoint import checkpoint_uri
+from avray.checkpoint import checkpoint_uri, newest_complete_epoch_folder
 from avray.config import Config, ConfigError
 from avray.data.pipeline import TrainingData, training_data
 from avray.data.report import SkipReport
@@ -114,6 +114,14 @@ def ray_storage(output: str) -> tuple[str, pafs.FileSystem | None]:
     return path, fs
 
 
+def saved_checkpoint(storage_path: str, storage_filesystem: pafs.FileSystem | None) -> ray.train.Checkpoint | None:
+    """The newest whole checkpoint saved in the run's folder, listed by Ray or not
+    (:func:`avray.checkpoint.newest_complete_epoch_folder`)."""
+    fs = storage_filesystem or pafs.LocalFileSystem()
+    folder = newest_complete_epoch_folder(fs, f"{storage_path}/{RUN_NAME}")
+    return ray.train.Checkpoint(folder, filesystem=fs) if folder else None
+
+
 def steps_per_epoch(cfg: Config, data: TrainingData, workers: int) -> int:
     """Optimizer steps in an epoch; a corpus that cannot fill one batch is the user's to fix."""
     per_worker = max(1, cfg.train.batch_size // workers)
@@ -143,6 +151,7 @@ def build_trainer(
             "config": cfg.to_dict(),
             "steps_per_epoch": steps_per_epoch(cfg, data, scaling_config.num_workers),
             "threads": worker_threads(cfg, scaling_config, cache),
+            "saved_checkpoint": saved_checkpoint(storage_path, storage_filesystem),
             "has_val": data.val is not None,
             "epoch_clock": data.epoch_clock,
             "mlflow_uri": tracker.uri if tracker else None,

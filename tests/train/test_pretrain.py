@@ -86,6 +86,15 @@ def test_pretrain_logs_to_mlflow_and_resumes(ray_local, corpus, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
 
+    # Checkpoints written but not in Ray's record of them (a stop signal between a worker's
+    # save and the controller's note of it) are found: the next run goes on from epoch 3.
+    (tmp_path / "run" / "pretrain" / "checkpoint_manager_snapshot.json").unlink()
+    longest = tiny_config(tmp_path, "train.epochs=4", "train.num_workers=1", "data.val_fraction=0.5")
+    again = pretrain(longest, corpus, str(tmp_path / "run"))
+    assert [(h["epoch"], h["global_step"]) for h in again.history] == [(4, 4 * steps_per_epoch)]
+    records = [json.loads(line) for line in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+
 
 def _train_workers() -> list[psutil.Process]:
     found = []

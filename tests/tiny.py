@@ -26,6 +26,9 @@ TINY = [
     "data.cpus_per_decode_task=0.5",
     "train.cpus_per_worker=0.5",
     "train.batch_size=4",
+    # Two test clusters (pytest-xdist workers) share the machine's two cores: with cached clips
+    # each worker would otherwise take both (avray.train.trainer.worker_threads).
+    "train.threads_per_worker=1",
     "train.warmup_epochs=0",
     "tune.zipf_clusters=2",
     # Two terms, so that the mixture, the sweeps and resume carry more than one λ.

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import psutil
+
 from avray.config import load_config
 from tests.media import make_good_video
 
@@ -95,3 +97,18 @@ def run_workflow_process(
         return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     finally:
         process.kill()
+
+
+def own_ray_processes(name: str) -> list[psutil.Process]:
+    """Processes of this test process's Ray cluster whose command line holds ``name`` (an actor
+    class: ``RayTrainWorker``). Only descendants: the other pytest-xdist worker runs a cluster of
+    its own on the same machine, and a test that killed one of its workers failed that test."""
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            command = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if name in command and "ray::" in command:
+            found.append(proc)
+    return found

@@ -15,7 +15,6 @@ from pathlib import Path
 import mlflow
 import mlflow.pyfunc
 import numpy as np
-import psutil
 import pytest
 import torch
 
@@ -24,7 +23,7 @@ from avray.config import ConfigError
 from avray.models import load_model
 from avray.models.mlflow_model import example_inputs
 from avray.train.trainer import METRICS_FILE, pretrain
-from tests.tiny import FAULT_RUN, tiny_config
+from tests.tiny import FAULT_RUN, own_ray_processes, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -96,15 +95,6 @@ def test_pretrain_logs_to_mlflow_and_resumes(ray_local, corpus, tmp_path):
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
 
 
-def _train_workers() -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if "RayTrainWorker" in cmdline and "ray::" in cmdline:
-            found.append(proc)
-    return found
-
-
 def test_a_killed_worker_resumes_from_checkpoint_with_the_same_step_count(
     uninterrupted_run, ray_local, fault_corpus, tmp_path
 ):
@@ -120,7 +110,7 @@ def test_a_killed_worker_resumes_from_checkpoint_with_the_same_step_count(
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not killed:
             if len(list(output.glob("pretrain/checkpoint_*/state.pt"))) >= 2:
-                workers = _train_workers()
+                workers = own_ray_processes("RayTrainWorker")
                 if len(workers) == 2:
                     time.sleep(0.5)  # into the next epoch
                     os.kill(workers[-1].pid, signal.SIGKILL)

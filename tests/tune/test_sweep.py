@@ -9,14 +9,13 @@ import time
 from pathlib import Path
 
 import mlflow
-import psutil
 import pytest
 
 from avray.config import ConfigError, load_config
 from avray.tune import tune_losses
 from avray.tune.callback import HISTORY_FILE
 from tests.conftest import own_cluster
-from tests.tiny import make_tiny_corpus, tiny_config
+from tests.tiny import make_tiny_corpus, own_ray_processes, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -148,10 +147,6 @@ def test_asha_sweep_with_optuna_runs_to_completion(ray_local, corpus, tmp_path):
     assert len(_children(client, result.parent_run_id)) == 2
 
 
-def _trial_processes() -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["cmdline"]) if "ImplicitFunc" in " ".join(p.info["cmdline"] or [])]
-
-
 def test_a_killed_trial_is_retried_from_its_checkpoint(ray_local, corpus, tmp_path):
     output = tmp_path / "faulty"
     killed = []
@@ -163,8 +158,8 @@ def test_a_killed_trial_is_retried_from_its_checkpoint(ray_local, corpus, tmp_pa
             # A function trainable's second report starts only after Tune took the first (and
             # registered its checkpoint): from the second checkpoint folder on, a kill must
             # resume from a checkpoint. Killed earlier, the trial rightly starts from scratch.
-            if list(output.glob("tune_losses/*/checkpoint_000001")) and _trial_processes():
-                victim = _trial_processes()[0]
+            if list(output.glob("tune_losses/*/checkpoint_000001")) and own_ray_processes("ImplicitFunc"):
+                victim = own_ray_processes("ImplicitFunc")[0]
                 os.kill(victim.pid, signal.SIGKILL)
                 killed.append(victim.pid)
                 return

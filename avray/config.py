@@ -212,6 +212,14 @@ class ClusterContrastiveConfig:
 
 
 @dataclass(frozen=True)
+class SimCLRConfig:
+    weight: float = 0.0
+    # Each modality's projection against its own other view (needs two augmented views a clip).
+    modalities: tuple[str, ...] = ("video",)
+    temperature: float = 0.5
+
+
+@dataclass(frozen=True)
 class DCCAConfig:
     weight: float = 0.0
     # Number of canonical correlations maximised; None = all (embed_dim).
@@ -234,6 +242,7 @@ class ObjectivesConfig:
     fused: FusedContrastiveConfig = field(default_factory=FusedContrastiveConfig)
     xdc: XDCConfig = field(default_factory=XDCConfig)
     cluster_contrastive: ClusterContrastiveConfig = field(default_factory=ClusterContrastiveConfig)
+    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
     dcca: DCCAConfig = field(default_factory=DCCAConfig)
     sdl: SDLConfig = field(default_factory=SDLConfig)
     # Gather embeddings across workers so negatives/statistics span the global batch.
@@ -275,6 +284,11 @@ class ObjectivesConfig:
         _check(self.cluster_contrastive.temperature > 0, "objectives.cluster_contrastive.temperature must be > 0")
         _check(
             self.cluster_contrastive.entropy_weight >= 0, "objectives.cluster_contrastive.entropy_weight must be >= 0"
+        )
+        _check(self.simclr.temperature > 0, "objectives.simclr.temperature must be > 0")
+        _check(
+            bool(self.simclr.modalities) and set(self.simclr.modalities) <= {"video", "audio"},
+            "objectives.simclr.modalities must be a non-empty list of video, audio",
         )
         _check(self.dcca.top_k is None or self.dcca.top_k >= 1, "objectives.dcca.top_k must be >= 1 or null")
         _check(self.dcca.eps > 0, "objectives.dcca.eps must be > 0")

@@ -12,6 +12,7 @@ from avray.objectives.infonce import InfoNCE, infonce_loss
 from avray.objectives.kmeans import KMeansResult, kmeans, kmeans_plusplus
 from avray.objectives.mixture import OBJECTIVES, LossMixture, MixtureResult, NonFiniteLossError, register_objective
 from avray.objectives.sdl import SDL
+from avray.objectives.simclr import SimCLR, nt_xent_loss
 from avray.objectives.xdc import VARIANT_TERMS, XDC
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "NonFiniteLossError",
     "Objective",
     "SDL",
+    "SimCLR",
     "XDC",
     "canonical_correlations",
     "cluster_contrastive_loss",
@@ -34,5 +36,6 @@ __all__ = [
     "infonce_loss",
     "kmeans",
     "kmeans_plusplus",
+    "nt_xent_loss",
     "register_objective",
 ]

@@ -24,6 +24,7 @@ from avray.objectives.dcca import DCCA
 from avray.objectives.fused import FusedContrastive
 from avray.objectives.infonce import InfoNCE
 from avray.objectives.sdl import SDL
+from avray.objectives.simclr import SimCLR
 from avray.objectives.xdc import XDC
 
 # Config section name -> objective class (each has from_config(section, dims, gather_distributed)).
@@ -34,6 +35,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "fused": FusedContrastive,
     "xdc": XDC,
     "cluster_contrastive": ClusterContrastive,
+    "simclr": SimCLR,
     "dcca": DCCA,
     "sdl": SDL,
 }

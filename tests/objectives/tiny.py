@@ -6,10 +6,12 @@ returns the loss and the parameter gradients averaged over ranks, as DDP would."
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
 
+from avray.models.outputs import ModelOutputs
 from avray.objectives.distributed import is_distributed, world_size
 
 DIMS = {"video_features": 6, "audio_features": 5, "video": 4, "audio": 4, "fused": 11}
@@ -48,13 +50,24 @@ def rows(tensors: dict[str, Tensor], sizes: list[int], rank: int) -> dict[str, T
     return {k: v[start : start + sizes[rank]] for k, v in tensors.items()}
 
 
-def step(make_objective: Callable[[], nn.Module], inputs: dict[str, Tensor], targets=None, seed: int = 0) -> dict:
+def step(
+    make_objective: Callable[[], nn.Module],
+    inputs: dict[str, Tensor],
+    targets=None,
+    seed: int = 0,
+    second_view: dict[str, Tensor] | None = None,
+) -> dict:
     """Forward + backward of ``make_objective()`` on TinyModel, both built from ``seed``;
-    parameter gradients averaged over ranks."""
+    parameter gradients averaged over ranks. With ``second_view`` (inputs of a second view of
+    the same rows) the objective gets :class:`ModelOutputs` holding both views."""
     torch.manual_seed(seed)
     model = TinyModel().double()
     objective = make_objective().double()
-    loss = objective(model(inputs), targets)
+    outputs = model(inputs)
+    if second_view is not None:
+        first, second = ModelOutputs(**outputs), ModelOutputs(**model(second_view))
+        outputs = replace(first, views=(first, second))
+    loss = objective(outputs, targets)
     loss.backward()
     params = dict(model.named_parameters()) | dict(objective.named_parameters(prefix="objective"))
     grads = {name: p.grad.clone() for name, p in params.items() if p.grad is not None}

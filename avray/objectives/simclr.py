@@ -73,7 +73,9 @@ class SimCLR(Objective):
     def config_buffers(self) -> list[Tensor]:
         return [self.temperature]
 
-    def forward(self, outputs: ModelOutputs, targets: None = None) -> Tensor:
+    def forward(self, outputs: ModelOutputs, targets: None = None) -> Tensor | None:
+        if len(outputs.views) < 2:
+            return None  # validation and embedding see each clip once, unaugmented
         first, second = outputs.views[:2]
         terms = [nt_xent_loss(first[m], second[m], self.temperature, self.synced) for m in self.modalities]
         return sum(terms) / len(terms)

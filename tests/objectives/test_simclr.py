@@ -5,10 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from avray.config import ConfigError, load_config
+from avray.models.outputs import ModelOutputs
 from avray.objectives import LossMixture
 from avray.objectives.distributed import rank
 from avray.objectives.simclr import SimCLR, nt_xent_loss
-from tests.objectives.tiny import DIMS, assert_same_step, make_inputs, rows, step
+from tests.objectives.tiny import DIMS, TinyModel, assert_same_step, make_inputs, rows, step
 
 
 def _reference(first, second, tau):
@@ -56,6 +57,11 @@ def test_each_modality_trains_its_own_encoder_only():
     }
     both = _step(inputs, other)
     assert {"audio_encoder.weight", "video_encoder.weight"} <= set(both["grads"])
+
+
+def test_one_view_as_validation_hands_it_is_nothing_to_learn_from():
+    outputs = ModelOutputs(**TinyModel().double()(make_inputs(4)))
+    assert SimCLR()(outputs) is None
 
 
 def test_config_asks_for_two_views_and_refuses_unknown_modalities():

@@ -46,7 +46,9 @@ class FolderCheckpoint:
         yield self.path
 
 
-def _train(cfg, tmp_path: Path, name: str, checkpoint=None, weights=None) -> list[tuple[dict, Path]]:
+def _train(
+    cfg, tmp_path: Path, name: str, checkpoint=None, weights=None, validate: bool = False
+) -> list[tuple[dict, Path]]:
     reports = []
 
     def report(metrics, folder):
@@ -59,7 +61,7 @@ def _train(cfg, tmp_path: Path, name: str, checkpoint=None, weights=None) -> lis
         world=1,
         device=torch.device("cpu"),
         train=InMemoryClips(cfg),
-        val=None,
+        val=InMemoryClips(cfg, seed=1) if validate else None,
         checkpoint=checkpoint,
         report=report,
         prepare_model=lambda m: m,
@@ -152,3 +154,10 @@ def test_an_objective_that_needs_two_views_gets_two_different_ones(tmp_path):
     assert TwoViews.seen and all(
         count == 2 and shape[0] == cfg.train.batch_size and differ for count, shape, differ in TwoViews.seen
     )
+
+
+def test_simclr_trains_on_two_views_and_validation_with_one_goes_without_it(tmp_path):
+    cfg = tiny_config(tmp_path, "train.epochs=1", "objectives.simclr.weight=0.5")
+    ((metrics, _),) = _train(cfg, tmp_path, "simclr", validate=True)
+    assert math.isfinite(metrics["loss/simclr"]) and metrics["loss/simclr"] > 0
+    assert "val/infonce" in metrics and "val/simclr" not in metrics

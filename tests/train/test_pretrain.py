@@ -73,26 +73,16 @@ def test_pretrain_logs_to_mlflow_and_resumes(ray_local, corpus, tmp_path):
     for name in ("audio", "video", "fused"):
         np.testing.assert_allclose(embedded[name], direct[name].numpy(), rtol=1e-5, atol=1e-6)
 
-    # The same command with more epochs picks up where the first stopped: same run, one more epoch.
+    # The same command with more epochs picks up where the first stopped: same run, one more
+    # epoch; also from a checkpoint that Ray's record does not list (a stop signal between a
+    # worker's save and the controller's note of it), which is what removing the record leaves.
+    (tmp_path / "run" / "pretrain" / "checkpoint_manager_snapshot.json").unlink()
     longer = tiny_config(tmp_path, "train.epochs=3", "train.num_workers=1", "data.val_fraction=0.5")
     resumed = pretrain(longer, corpus, str(tmp_path / "run"))
     assert resumed.tracker.run_id == result.tracker.run_id
-    # The history opens with the restored checkpoint's report; only epoch 3 was trained.
-    assert [(h["epoch"], h["global_step"]) for h in resumed.history] == [
-        (2, 2 * steps_per_epoch),
-        (3, 3 * steps_per_epoch),
-    ]
+    assert [(h["epoch"], h["global_step"]) for h in resumed.history] == [(3, 3 * steps_per_epoch)]
     records = [json.loads(line) for line in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
-
-    # Checkpoints written but not in Ray's record of them (a stop signal between a worker's
-    # save and the controller's note of it) are found: the next run goes on from epoch 3.
-    (tmp_path / "run" / "pretrain" / "checkpoint_manager_snapshot.json").unlink()
-    longest = tiny_config(tmp_path, "train.epochs=4", "train.num_workers=1", "data.val_fraction=0.5")
-    again = pretrain(longest, corpus, str(tmp_path / "run"))
-    assert [(h["epoch"], h["global_step"]) for h in again.history] == [(4, 4 * steps_per_epoch)]
-    records = [json.loads(line) for line in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
 
 
 def test_a_killed_worker_resumes_from_checkpoint_with_the_same_step_count(
